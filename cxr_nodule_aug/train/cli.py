@@ -1,0 +1,52 @@
+"""The ``cxr-nodule-aug`` command.
+
+Subcommands live in :mod:`cxr_nodule_aug.train.commands`, one module each, imported only when
+that subcommand runs (so ``--help`` stays fast and works without optional extras installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from cxr_nodule_aug import __version__
+
+# name -> (module, one-line help). Later work adds its subcommand here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("cxr_nodule_aug.train.commands.info", "show the version, the device and where weights load from"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxr-nodule-aug",
+        description="Insert realistic, controllable lung nodules into chest X-rays.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        # Arguments are added lazily in main(): the subparser here only carries the help line.
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        args = parser.parse_args(argv)  # prints help / errors for unknown commands
+        if args.command is None:
+            parser.print_help()
+            return 0
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    sub_parser = argparse.ArgumentParser(prog=f"cxr-nodule-aug {name}", description=COMMANDS[name][1])
+    module.add_arguments(sub_parser)
+    args = sub_parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
