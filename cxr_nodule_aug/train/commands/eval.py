@@ -1,0 +1,68 @@
+"""``cxr-nodule-aug eval``: NODE21 detection metrics from a prediction JSON and a metadata.csv.
+
+Prints AUC, sensitivity at 0.25 FP/image and the NODE21 score, and writes ``metrics.json`` and
+``froc.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--predictions", required=True, type=Path,
+                        help="NODE21 / grand-challenge 'Multiple 2D bounding boxes' JSON; the corner's "
+                             "third value is the image's slice index")
+    parser.add_argument("--ground-truth", required=True, type=Path,
+                        help="NODE21 metadata.csv (img_name,x,y,width,height,label; label 0 = no nodule)")
+    parser.add_argument("--mode", choices=("monai", "all-thresholds"), default="monai",
+                        help="monai: MONAI's FROC functions, linearly interpolated sensitivity (default); "
+                             "all-thresholds: exact step curve, best operating point at <= target FP/image")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="bootstrap replicates over images for confidence intervals (default 0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--fp-per-image", type=float, default=0.25,
+                        help="FP/image rate for the sensitivity (NODE21: 0.25)")
+    parser.add_argument("--iou-threshold", type=float, default=0.2,
+                        help="a prediction is a TP when IoU is strictly greater than this (NODE21: 0.2)")
+    parser.add_argument("--pixel-spacing-mm", type=float, nargs=2, default=(1.0, 1.0), metavar=("X", "Y"),
+                        help="spacing the JSON coordinates were multiplied by (default 1 1: pixels)")
+    parser.add_argument("--image-names", type=Path, default=None,
+                        help="text file, one image name per line in slice order; default: the JSON's "
+                             "'image_names' if present, else the metadata.csv names sorted")
+    parser.add_argument("--out", type=Path, default=Path("eval-results"),
+                        help="output directory for metrics.json and froc.png (default ./eval-results)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxr_nodule_aug.eval import evaluate_detections, plot_froc, read_node21_metadata, read_node21_predictions
+
+    try:
+        targets = read_node21_metadata(args.ground_truth)
+        image_names = None
+        if args.image_names is not None:
+            image_names = [ln.strip() for ln in args.image_names.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        else:
+            with open(args.predictions, encoding="utf-8") as f:
+                has_names = isinstance(json.load(f).get("image_names"), list)
+            if not has_names:
+                # The NODE21 baseline stacks images in sorted file-name order.
+                image_names = sorted(targets)
+        predictions = read_node21_predictions(args.predictions, image_names,
+                                              pixel_spacing_mm=args.pixel_spacing_mm)
+        metrics = evaluate_detections(predictions, targets, mode=args.mode, bootstrap=args.bootstrap,
+                                      seed=args.seed, fp_per_image=args.fp_per_image,
+                                      iou_threshold=args.iou_threshold)
+    except (OSError, ValueError, AttributeError) as exc:
+        print(f"cxr-nodule-aug eval: error: {exc}", file=sys.stderr)
+        return 2
+
+    print(metrics.summary())
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.json").write_text(json.dumps(metrics.to_dict(), indent=2), encoding="utf-8")
+    plot_froc(metrics, args.out / "froc.png")
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'froc.png'}")
+    return 0
