@@ -1,0 +1,27 @@
+"""Tensor ops behind the transforms: size modulation, placement, insertion, intensity.
+
+Functional core, thin classes: the transforms hold configuration and randomness only.
+"""
+
+from cxr_nodule_aug.functional.insertion import InsertionResult, insert_nodules, nodule_footprints, place_nodules, region_side
+from cxr_nodule_aug.functional.intensity import check_image, from_working, to_working, value_limits
+from cxr_nodule_aug.functional.placement import PlacementError, sample_centre, valid_centres
+from cxr_nodule_aug.functional.size import ellipse_axes, equivalent_diameter, modulate_size
+
+__all__ = [
+    "InsertionResult",
+    "PlacementError",
+    "check_image",
+    "ellipse_axes",
+    "equivalent_diameter",
+    "from_working",
+    "insert_nodules",
+    "modulate_size",
+    "nodule_footprints",
+    "place_nodules",
+    "region_side",
+    "sample_centre",
+    "to_working",
+    "valid_centres",
+    "value_limits",
+]

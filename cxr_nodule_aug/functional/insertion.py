@@ -1,0 +1,165 @@
+"""Deterministic nodule insertion: shapes from seeds, size modulation, texture, paste-back.
+
+Everything random is decided before these functions run (see ``NoduleInpaint``); given the
+same records, models and device they give the same pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cxr_nodule_aug.functional.intensity import check_image, from_working, to_working
+from cxr_nodule_aug.functional.placement import PlacementError, footprint_box, sample_centre, valid_centres
+from cxr_nodule_aug.functional.size import equivalent_diameter, modulate_size
+from cxr_nodule_aug.models.shape import ShapeGenerator
+from cxr_nodule_aug.models.texture import TextureGenerator
+from cxr_nodule_aug.records import NoduleRecord
+
+
+def region_side(diameter_px: float, patch_size: int, max_fill: float) -> int:
+    """Side (px, multiple of 4) of the image region the texture model sees for one nodule."""
+    return max(patch_size, 4 * math.ceil(diameter_px / max_fill / 4))
+
+
+def nodule_footprints(shapes: torch.Tensor, diameters_px: list[float], patch_size: int, max_fill: float) -> list[torch.Tensor]:
+    """Size-modulated masks, one (R, R) bool canvas per nodule, R from :func:`region_side`."""
+    return [modulate_size(shape, d, canvas=region_side(d, patch_size, max_fill)) for shape, d in zip(shapes, diameters_px)]
+
+
+def _bbox_hw(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a non-empty (R, R) mask."""
+    rows = torch.nonzero(mask.any(1)).flatten()
+    cols = torch.nonzero(mask.any(0)).flatten()
+    top, left = int(rows[0]), int(cols[0])
+    return top, left, int(rows[-1]) + 1 - top, int(cols[-1]) + 1 - left
+
+
+def place_nodules(
+    lung_mask: torch.Tensor,
+    footprints: list[torch.Tensor],
+    occupied_xyxy: torch.Tensor | None = None,
+    *,
+    gap_px: int = 2,
+    generator: torch.Generator | None = None,
+) -> list[tuple[int, int]]:
+    """Sample one ``(x, y)`` anchor per footprint, inside the lungs and clear of each other.
+
+    Footprints are placed one after the other, each avoiding ``occupied_xyxy`` and the ones
+    placed before it. Raises :class:`PlacementError` naming the nodule that does not fit.
+    """
+    occupied = torch.zeros(0, 4) if occupied_xyxy is None else occupied_xyxy.detach().to("cpu", torch.float32).reshape(-1, 4)
+    centres: list[tuple[int, int]] = []
+    for i, fp in enumerate(footprints):
+        _, _, h, w = _bbox_hw(fp)
+        valid = valid_centres(lung_mask, (h, w), occupied, gap_px=gap_px)
+        try:
+            cy, cx = sample_centre(valid, generator)
+        except PlacementError:
+            raise PlacementError(
+                f"no position inside the lung mask fits nodule {i} (footprint {h}x{w} px, "
+                f"lung area {int(lung_mask.sum())} px) without overlapping the {len(occupied)} existing boxes; "
+                "use a smaller diameter, fewer nodules, or check the lung mask"
+            ) from None
+        centres.append((cx, cy))
+        occupied = torch.cat([occupied, torch.tensor([footprint_box((cy, cx), (h, w))], dtype=torch.float32)])
+    return centres
+
+
+@dataclass
+class InsertionResult:
+    image: torch.Tensor
+    """The image with the nodules, same shape, dtype and device as the input."""
+    masks: torch.Tensor
+    """(N, H, W) bool, the pixels each nodule changed."""
+    boxes_xyxy: torch.Tensor
+    """(N, 4) float32 absolute XYXY, x2/y2 exclusive."""
+    records: list[NoduleRecord]
+    """The input records with ``box_xyxy`` and ``measured_diameter_px`` filled in."""
+
+
+def _index(start: int, size: int, limit: int, device: torch.device) -> torch.Tensor:
+    # Replicate padding by clamping indices: regions may reach past the image border.
+    return (torch.arange(start, start + size, device=device)).clamp_(0, limit - 1)
+
+
+def insert_nodules(
+    image: torch.Tensor,
+    records: list[NoduleRecord],
+    shape_model: ShapeGenerator,
+    texture_model: TextureGenerator,
+    *,
+    footprints: list[torch.Tensor] | None = None,
+) -> InsertionResult:
+    """Insert one nodule per record into ``image``; the input is not modified.
+
+    Args:
+        image: (C, H, W), C in {1, 3}; uint8, int16, uint16, int32 or float, any device.
+        records: where, how large, which shape (seed) and how conspicuous.
+        shape_model, texture_model: the generators (moved to ``image.device`` by the caller).
+        footprints: precomputed :func:`nodule_footprints` for these records (saves a second
+            shape generation when the caller already placed them).
+
+    All texture patches of the image go through the texture model in one batch.
+    """
+    check_image(image)
+    device = image.device
+    _, H, W = image.shape
+    n = len(records)
+    if n == 0:
+        return InsertionResult(image.clone(), torch.zeros(0, H, W, dtype=torch.bool, device=device), torch.zeros(0, 4, device=device), [])
+    P, max_fill = texture_model.patch_size, texture_model.max_fill
+    if footprints is None:
+        shapes = shape_model.generate([r.seed for r in records], device=device)
+        footprints = nodule_footprints(shapes, [r.diameter_px for r in records], P, max_fill)
+    gray, lo, hi = to_working(image)
+
+    patches, holes, regions = [], [], []
+    for rec, fp in zip(records, footprints):
+        R = fp.shape[0]
+        if texture_model.mask_type == "box":
+            top, left, h, w = _bbox_hw(fp)
+            fp = torch.zeros_like(fp)
+            fp[top : top + h, left : left + w] = True
+        top, left, h, w = _bbox_hw(fp)
+        cx, cy = rec.center_xy
+        oy, ox = cy - h // 2 - top, cx - w // 2 - left  # canvas origin in the image
+        rows, cols = _index(oy, R, H, device), _index(ox, R, W, device)
+        region = gray[rows][:, cols]
+        regions.append((oy, ox, R, fp, region))
+        patch = region[None, None].clamp(0, 1)
+        hole = fp[None, None].float()
+        if R != P:
+            patch = F.interpolate(patch, size=(P, P), mode="area")
+            hole = (F.interpolate(hole, size=(P, P), mode="area") > 0).float()
+        patches.append(patch)
+        holes.append(hole)
+
+    with torch.inference_mode():
+        model_dtype = next(texture_model.parameters()).dtype
+        fine = texture_model(torch.cat(patches).to(model_dtype), torch.cat(holes).to(model_dtype)).fine.float()
+
+    delta = torch.zeros(H, W, device=device)
+    masks = torch.zeros(n, H, W, dtype=torch.bool, device=device)
+    boxes, out_records = [], []
+    for i, (rec, (oy, ox, R, fp, region)) in enumerate(zip(records, regions)):
+        gen = fine[i : i + 1]
+        if R != P:
+            gen = F.interpolate(gen, size=(R, R), mode="bilinear", align_corners=False)
+        change = rec.contrast * (gen[0, 0] - region) * fp
+        # Crop the canvas to the image (the footprint itself is always inside: it is in the lung).
+        y0, x0 = max(oy, 0), max(ox, 0)
+        y1, x1 = min(oy + R, H), min(ox + R, W)
+        delta[y0:y1, x0:x1] += change[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+        masks[i, y0:y1, x0:x1] = fp[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+        top, left, h, w = _bbox_hw(fp)
+        box = (float(ox + left), float(oy + top), float(ox + left + w), float(oy + top + h))
+        if masks[i].sum() != fp.sum():
+            raise PlacementError(f"nodule {i} at center_xy={rec.center_xy} does not lie inside the {H}x{W} image")
+        boxes.append(box)
+        out_records.append(rec.replace(box_xyxy=box, measured_diameter_px=round(float(equivalent_diameter(fp)), 3)))
+    out = from_working(image, delta, lo, hi)
+    return InsertionResult(out, masks, torch.tensor(boxes, dtype=torch.float32, device=device), out_records)

@@ -1,0 +1,65 @@
+"""Image dtypes and value ranges: in = out.
+
+The texture model works on a float grey-level patch in [0, 1]. An image is mapped there with
+an intensity window taken from the image itself (0.1 / 99.9 percentiles), so 8-bit, 12-bit in
+uint16, full 16-bit and float radiographs all look alike to the model; the synthesised change
+is mapped back with the same window and added to every channel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+INTEGER_DTYPES = (torch.uint8, torch.int16, torch.uint16, torch.int32)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_WINDOW_QUANTILES = (0.001, 0.999)
+
+
+def check_image(image: torch.Tensor, name: str = "image") -> None:
+    """Raise a clear error unless ``image`` is a (C, H, W) radiograph this library handles."""
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or tv_tensors.Image, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"{name} must have shape (C, H, W) with C = 1 or 3, got {tuple(image.shape)}")
+    if image.dtype not in INTEGER_DTYPES + FLOAT_DTYPES:
+        raise TypeError(f"{name} dtype must be one of uint8, int16, uint16, int32 or a float type, got {image.dtype}")
+    if min(image.shape[-2:]) < 8:
+        raise ValueError(f"{name} is too small for nodule insertion: {tuple(image.shape)}")
+    if image.is_floating_point() and not torch.isfinite(image).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def value_limits(image: torch.Tensor) -> tuple[float, float]:
+    """The range the output must stay in: the dtype's range for integers; for floats [0, 1]
+    when the image lies in it, else the image's own min and max."""
+    if not image.is_floating_point():
+        info = torch.iinfo(image.dtype)
+        return float(info.min), float(info.max)
+    lo, hi = float(image.min()), float(image.max())
+    if lo >= 0 and hi <= 1:
+        return 0.0, 1.0
+    return lo, hi
+
+
+def to_working(image: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """Grey level (H, W) float32 mapped by the image's window to ~[0, 1], and the window."""
+    gray = image.float().mean(0)
+    step = max(1, int((gray.numel() / 1_000_000) ** 0.5))  # percentiles from <= ~1e6 pixels
+    sample = gray[::step, ::step].flatten()
+    q = torch.quantile(sample, torch.tensor(_WINDOW_QUANTILES, device=sample.device))
+    lo, hi = float(q[0]), float(q[1])
+    if hi - lo <= 1e-6 * max(abs(hi), 1.0):
+        lo, hi = float(gray.min()), float(gray.max())
+        if hi - lo <= 1e-6 * max(abs(hi), 1.0):
+            raise ValueError("image is constant: there is no anatomy to insert a nodule into")
+    return (gray - lo) / (hi - lo), lo, hi
+
+
+def from_working(image: torch.Tensor, delta: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``image`` plus a working-space change ``delta`` (H, W), in the image's dtype and range."""
+    vmin, vmax = value_limits(image)
+    out = image.float() + (delta * (hi - lo))[None]
+    out = out.clamp(vmin, vmax)
+    if not image.is_floating_point():
+        out = out.round()
+    return out.to(image.dtype)

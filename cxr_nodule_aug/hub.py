@@ -1,0 +1,226 @@
+"""Weights I/O: one loading path for local directories and Hugging Face Hub repos.
+
+Every model saves as a directory holding ``config.json`` (the constructor arguments plus
+``model_type``) and ``model.safetensors`` (the state dict), and loads from
+
+* a local directory (the shipped ``weights/<name>/`` is the embedded default), without network;
+* ``"org/name"`` or ``"org/name@revision"`` on the Hub, through ``huggingface_hub``
+  (``hf_hub_download``: its cache, ``revision`` pinning and ``local_files_only`` all apply).
+
+Loading is strict: missing or unexpected keys, or a ``model_type`` that is not the class asked
+for, raise :class:`WeightsError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from huggingface_hub import HfApi, hf_hub_download
+from safetensors.torch import load_model, save_model
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_CARD_NAME = "README.md"
+LIBRARY_NAME = "cxr-nodule-aug"
+WEIGHTS_ENV = "CXR_NODULE_AUG_WEIGHTS"
+
+_REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.\-]*/[\w.\-]+)(?:@(?P<rev>[\w.\-/]+))?$")
+
+M = TypeVar("M", bound="PretrainedMixin")
+
+# model_type -> class, filled by PretrainedMixin.__init_subclass__.
+MODEL_REGISTRY: dict[str, type[PretrainedMixin]] = {}
+
+
+class WeightsError(RuntimeError):
+    """A weights directory or Hub repo is missing a file or does not match the model."""
+
+
+def default_weights_dir() -> Path | None:
+    """Where the shipped weights live, or ``None``.
+
+    Order: the ``CXR_NODULE_AUG_WEIGHTS`` environment variable, then ``weights/`` beside the
+    package in a source checkout (editable installs), then ``cxr_nodule_aug/_weights`` inside an
+    installed wheel.
+    """
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "weights", here / "_weights"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def parse_source(source: str | os.PathLike, revision: str | None = None) -> tuple[str, Path | None, str | None]:
+    """Split a weights source into ``(kind, local_path, revision)``; kind is ``"local"`` or ``"hub"``.
+
+    A path that exists locally always wins over the Hub reading of the same string.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} was given for the local directory {str(path)!r}; revisions apply to Hub repos only")
+        return "local", path, None
+    text = str(source)
+    match = _REPO_RE.match(text)
+    if match is None or text.startswith((".", "/", "~")):
+        raise WeightsError(
+            f"weights source {text!r} is neither an existing local directory nor a Hub repo id "
+            "of the form 'org/name' or 'org/name@revision'"
+        )
+    rev_in_id = match.group("rev")
+    if rev_in_id and revision and rev_in_id != revision:
+        raise ValueError(f"conflicting revisions: {text!r} pins {rev_in_id!r} but revision={revision!r}")
+    return "hub", None, rev_in_id or revision
+
+
+def resolve_files(
+    source: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    local_files_only: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    subfolder: str | None = None,
+) -> tuple[Path, Path]:
+    """Return local paths ``(config.json, model.safetensors)`` for a source.
+
+    Hub repos go through :func:`huggingface_hub.hf_hub_download` (offline with
+    ``local_files_only=True`` or ``HF_HUB_OFFLINE=1``, from its cache).
+    """
+    kind, path, rev = parse_source(source, revision)
+    if kind == "local":
+        folder = path / subfolder if subfolder else path
+        config, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for f in (config, weights):
+            if not f.is_file():
+                raise WeightsError(f"{f} is missing: a weights directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        return config, weights
+    repo_id = str(source).split("@", 1)[0]
+    files = []
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            files.append(
+                Path(
+                    hf_hub_download(
+                        repo_id,
+                        name,
+                        subfolder=subfolder,
+                        revision=rev,
+                        cache_dir=cache_dir,
+                        local_files_only=local_files_only,
+                        library_name=LIBRARY_NAME,
+                    )
+                )
+            )
+        except Exception as err:  # huggingface_hub raises several types; keep the cause attached
+            where = f"{repo_id}@{rev}" if rev else repo_id
+            raise WeightsError(
+                f"could not get {name} from the Hub repo {where!r}"
+                f"{' (local_files_only=True: only the local cache was searched)' if local_files_only else ''}: {err}"
+            ) from err
+    return files[0], files[1]
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise WeightsError(f"{path} is not a readable JSON config: {err}") from err
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise WeightsError(f"{path} has no 'model_type' entry; it was not written by save_pretrained")
+    return config
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for an ``nn.Module``.
+
+    Subclasses call ``self.register_config(**kwargs)`` in ``__init__`` with every constructor
+    argument (JSON types only); that dict becomes ``config.json``.
+    """
+
+    model_type: ClassVar[str]
+    config: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.model_type = cls.__name__
+        MODEL_REGISTRY[cls.__name__] = cls
+
+    def register_config(self, **kwargs: Any) -> None:
+        json.dumps(kwargs)  # fail early on a non-JSON argument
+        self.config = dict(kwargs)
+
+    # -- saving -------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, *, model_card: str | None = None, metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (+ ``README.md`` if ``model_card``)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": self.model_type, **self.config}
+        if metadata:
+            config["metadata"] = metadata
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_model(self, str(directory / WEIGHTS_NAME), metadata={"model_type": self.model_type, "library": LIBRARY_NAME})
+        if model_card is not None:
+            (directory / MODEL_CARD_NAME).write_text(model_card)
+        return directory
+
+    def push_to_hub(self, repo_id: str, *, revision: str | None = None, commit_message: str = "Upload model", private: bool | None = None, token: str | None = None, model_card: str | None = None) -> str:
+        """Save to a temporary directory and upload it with :class:`huggingface_hub.HfApi`."""
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, model_card=model_card)
+            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
+        return str(getattr(info, "commit_url", info))
+
+    # -- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        source: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        cache_dir: str | os.PathLike | None = None,
+        subfolder: str | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> M:
+        """Load from a local directory or ``org/name[@revision]`` on the Hub; strict keys.
+
+        Returns the model in eval mode on ``map_location``.
+        """
+        config_path, weights_path = resolve_files(source, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, subfolder=subfolder)
+        config = read_config(config_path)
+        model_type = config.pop("model_type")
+        config.pop("metadata", None)
+        target_cls: type[PretrainedMixin] = cls
+        if cls is PretrainedMixin:
+            if model_type not in MODEL_REGISTRY:
+                raise WeightsError(f"{config_path}: unknown model_type {model_type!r}; known: {sorted(MODEL_REGISTRY)}")
+            target_cls = MODEL_REGISTRY[model_type]
+        elif model_type != cls.model_type:
+            raise WeightsError(f"{config_path} holds a {model_type!r}, not a {cls.model_type!r}")
+        try:
+            model = target_cls(**config)
+        except TypeError as err:
+            raise WeightsError(f"{config_path} does not match {target_cls.__name__}'s arguments: {err}") from err
+        try:
+            load_model(model, str(weights_path), strict=True, device=str(map_location))
+        except RuntimeError as err:
+            raise WeightsError(f"{weights_path} does not match {target_cls.__name__}{config}: {err}") from err
+        model.to(map_location)
+        model.eval()
+        return model  # type: ignore[return-value]
+
+
+def load_model(source: str | os.PathLike, **kwargs: Any) -> Any:
+    """Load any model of this library from ``source``, choosing the class from ``config.json``."""
+    return PretrainedMixin.from_pretrained(source, **kwargs)

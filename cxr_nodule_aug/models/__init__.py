@@ -1,0 +1,15 @@
+"""The networks: shape GAN, texture inpainter, lung segmenter. Widths and sizes configurable."""
+
+from cxr_nodule_aug.models.lung import LungSegmenter
+from cxr_nodule_aug.models.shape import ShapeDiscriminator, ShapeGenerator
+from cxr_nodule_aug.models.texture import GatedConv2d, PatchDiscriminator, TextureGenerator, TextureOutput
+
+__all__ = [
+    "GatedConv2d",
+    "LungSegmenter",
+    "PatchDiscriminator",
+    "ShapeDiscriminator",
+    "ShapeGenerator",
+    "TextureGenerator",
+    "TextureOutput",
+]

@@ -1,0 +1,54 @@
+"""Lung-field segmentation: where a nodule may be placed when a sample has no lung mask."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxr_nodule_aug.hub import PretrainedMixin
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class LungSegmenter(PretrainedMixin, nn.Module):
+    """A small U-Net: radiograph (B, 1, S, S) in [0, 1] -> lung logits (B, 1, S, S).
+
+    ``input_size`` is the square side it was trained at; :meth:`predict` resizes any image to
+    it and the probabilities back.
+    """
+
+    def __init__(self, base_width: int = 16, depth: int = 4, input_size: int = 256) -> None:
+        super().__init__()
+        if input_size % 2**depth:
+            raise ValueError(f"input_size must be a multiple of 2**depth={2**depth}, got {input_size}")
+        self.register_config(base_width=base_width, depth=depth, input_size=input_size)
+        self.input_size = input_size
+        widths = [base_width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_block(1, widths[0])] + [_block(widths[i], widths[i + 1]) for i in range(depth)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))])
+        self.merge = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        skips.pop()
+        for up, merge in zip(self.up, self.merge):
+            x = merge(torch.cat([up(x), skips.pop()], dim=1))
+        return self.head(x)
+
+    @torch.inference_mode()
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        """Lung probability (B, H, W) float for ``image`` (B, 1, H, W) float in [0, 1]."""
+        h, w = image.shape[-2:]
+        small = F.interpolate(image.float(), size=(self.input_size, self.input_size), mode="area")
+        prob = torch.sigmoid(self(small))
+        return F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[:, 0]

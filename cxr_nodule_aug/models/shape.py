@@ -1,0 +1,83 @@
+"""Shape GAN (paper section III-A): a DCGAN that maps z ~ N(0, I) to a nodule shape mask."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from cxr_nodule_aug.hub import PretrainedMixin
+
+
+def _num_upsamplings(image_size: int) -> int:
+    n = math.log2(image_size / 4)
+    if image_size < 8 or n != int(n):
+        raise ValueError(f"image_size must be 4 * 2**k with k >= 1 (8, 16, ..., 128), got {image_size}")
+    return int(n)
+
+
+class ShapeGenerator(PretrainedMixin, nn.Module):
+    """DCGAN generator: ``z`` (B, latent_dim) -> shape probabilities (B, 1, S, S) in [0, 1].
+
+    Paper size: latent_dim=100, base_width=512 at 4x4, five stride-2 4x4 transposed
+    convolutions (BN + ReLU) to 128x128. Threshold at 0.5 for the binary mask.
+    """
+
+    def __init__(self, latent_dim: int = 100, base_width: int = 512, image_size: int = 128) -> None:
+        super().__init__()
+        self.register_config(latent_dim=latent_dim, base_width=base_width, image_size=image_size)
+        self.latent_dim = latent_dim
+        self.image_size = image_size
+        n_up = _num_upsamplings(image_size)
+        widths = [max(base_width // 2**i, 8) for i in range(n_up)]
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for i in range(n_up - 1):
+            layers += [nn.ConvTranspose2d(widths[i], widths[i + 1], 4, 2, 1, bias=False), nn.BatchNorm2d(widths[i + 1]), nn.ReLU(inplace=True)]
+        layers += [nn.ConvTranspose2d(widths[-1], 1, 4, 2, 1, bias=False)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits -> probabilities; ``z`` is (B, latent_dim) or (B, latent_dim, 1, 1)."""
+        if z.ndim == 2:
+            z = z[:, :, None, None]
+        if z.ndim != 4 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must be (B, {self.latent_dim}), got shape {tuple(z.shape)}")
+        return torch.sigmoid(self.net(z))
+
+    def latent_from_seeds(self, seeds: list[int] | torch.Tensor) -> torch.Tensor:
+        """One z per seed, drawn on the CPU so the latent is identical on every device."""
+        seeds = [int(s) for s in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
+        out = torch.empty(len(seeds), self.latent_dim)
+        for i, seed in enumerate(seeds):
+            out[i] = torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(seed))
+        return out
+
+    @torch.inference_mode()
+    def generate(self, seeds: list[int] | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+        """Binary shape masks (B, S, S) bool, one per seed, reproducible from the seeds."""
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        z = self.latent_from_seeds(seeds).to(device)
+        return self(z)[:, 0] > 0.5
+
+
+class ShapeDiscriminator(PretrainedMixin, nn.Module):
+    """Mirror of :class:`ShapeGenerator`: (B, 1, S, S) -> one LSGAN score per mask (B,)."""
+
+    def __init__(self, base_width: int = 512, image_size: int = 128) -> None:
+        super().__init__()
+        self.register_config(base_width=base_width, image_size=image_size)
+        n_down = _num_upsamplings(image_size)
+        widths = [max(base_width // 2**i, 8) for i in range(n_down)][::-1]
+        layers: list[nn.Module] = [nn.Conv2d(1, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        for i in range(n_down - 1):
+            layers += [nn.Conv2d(widths[i], widths[i + 1], 4, 2, 1, bias=False), nn.BatchNorm2d(widths[i + 1]), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(mask).flatten(1).mean(1)

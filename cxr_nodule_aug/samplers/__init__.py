@@ -1,0 +1,6 @@
+"""Samplers for nodule attributes: ``sampler(n, generator=None) -> Tensor[n]``."""
+
+from cxr_nodule_aug.samplers.base import Choice, Constant, IntUniform, Sampler, Uniform, as_sampler
+from cxr_nodule_aug.samplers.hem import HEMSampler
+
+__all__ = ["Choice", "Constant", "HEMSampler", "IntUniform", "Sampler", "Uniform", "as_sampler"]

@@ -1,0 +1,221 @@
+"""Hard-example mining (paper section III-D): sample nodule attributes from the nodules a
+detector misses."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.ops import box_iou
+from torchvision.transforms.v2 import functional as TF
+
+STATE_VERSION = 1
+
+
+def _unit_of(attribute: str) -> str | None:
+    for suffix in ("mm", "px"):
+        if attribute.endswith("_" + suffix):
+            return suffix
+    return None
+
+
+def _xyxy(boxes: Any, name: str) -> torch.Tensor:
+    if isinstance(boxes, tv_tensors.BoundingBoxes):
+        boxes = TF.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    if boxes.numel() == 0:
+        return boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name} must be (N, 4) XYXY boxes, got shape {tuple(boxes.shape)}")
+    return boxes.as_subclass(torch.Tensor)
+
+
+class HEMSampler:
+    """Draws nodule attributes uniformly from the nodules a detector missed.
+
+    The paper draws diameters uniformly from the missed nodules' diameters. The sampler keeps a
+    table of every mined attribute (one row per missed nodule) and draws whole rows, so
+    attributes beyond the diameter (location, contrast, ...) can be sampled jointly later
+    with :meth:`sample`; called as ``sampler(n, generator=...)`` it returns the column named
+    by ``attribute``, which is what ``NoduleInpaint(diameters=sampler)`` asks for.
+
+    Args:
+        attributes: column name -> one value per missed nodule (all the same length >= 1).
+        attribute: the column ``__call__`` returns (default ``"diameter_mm"`` if present, else
+            ``"diameter_px"``); its ``_mm`` / ``_px`` suffix sets :attr:`unit`.
+        bandwidth: Gaussian kernel width in the attribute's unit (0 = the paper's plain
+            resampling); draws that fall to or below 0 are redrawn.
+
+    Example:
+        >>> sampler = HEMSampler.from_missed([6.0, 8.5, 12.0])
+        >>> sampler(4, generator=torch.Generator().manual_seed(0)).tolist()
+        [12.0, 6.0, 12.0, 6.0]
+    """
+
+    def __init__(self, attributes: Mapping[str, Sequence[float] | torch.Tensor], attribute: str | None = None, bandwidth: float = 0.0) -> None:
+        if not attributes:
+            raise ValueError("attributes must hold at least one column, e.g. {'diameter_mm': [...]}")
+        table = {str(k): torch.as_tensor(v, dtype=torch.float64).flatten() for k, v in attributes.items()}
+        lengths = {k: len(v) for k, v in table.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"attributes columns must have equal lengths, got {lengths}")
+        if next(iter(lengths.values())) == 0:
+            raise ValueError("attributes are empty: HEMSampler needs at least one missed nodule")
+        if attribute is None:
+            attribute = "diameter_mm" if "diameter_mm" in table else "diameter_px" if "diameter_px" in table else next(iter(table))
+        if attribute not in table:
+            raise ValueError(f"attribute {attribute!r} is not one of the columns {sorted(table)}")
+        values = table[attribute]
+        if not torch.isfinite(values).all() or (values <= 0).any():
+            raise ValueError(f"attribute {attribute!r} must be positive and finite for every missed nodule")
+        if not math.isfinite(bandwidth) or bandwidth < 0:
+            raise ValueError(f"bandwidth must be >= 0, got {bandwidth}")
+        self.table = table
+        self.attribute = attribute
+        self.bandwidth = float(bandwidth)
+        self.unit = _unit_of(attribute)
+
+    def __len__(self) -> int:
+        return len(self.table[self.attribute])
+
+    def __repr__(self) -> str:
+        v = self.table[self.attribute]
+        return f"HEMSampler({len(self)} missed nodules, {self.attribute} in [{float(v.min()):g}, {float(v.max()):g}], bandwidth={self.bandwidth})"
+
+    # -- drawing --------------------------------------------------------------------------
+    def sample(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``n`` rows drawn uniformly with replacement; every column, jointly."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        rows = torch.randint(len(self), (n,), generator=generator)
+        out = {k: v[rows] for k, v in self.table.items()}
+        if self.bandwidth > 0 and n:
+            values = out[self.attribute].clone()
+            todo = torch.ones(n, dtype=torch.bool)
+            base = values.clone()
+            for _ in range(100):
+                noise = torch.randn(int(todo.sum()), generator=generator, dtype=torch.float64) * self.bandwidth
+                values[todo] = base[todo] + noise
+                todo = values <= 0
+                if not todo.any():
+                    break
+            values[todo] = base[todo]  # pathological bandwidths: keep the mined value
+            out[self.attribute] = values
+        return out
+
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.sample(n, generator)[self.attribute]
+
+    # -- building -------------------------------------------------------------------------
+    @classmethod
+    def from_missed(cls, diameters: Sequence[float] | torch.Tensor, unit: str = "mm", bandwidth: float = 0.0) -> HEMSampler:
+        """From the diameters of the missed nodules, in ``unit`` ("mm" or "px")."""
+        if unit not in ("mm", "px"):
+            raise ValueError(f"unit must be 'mm' or 'px', got {unit!r}")
+        return cls({f"diameter_{unit}": diameters}, bandwidth=bandwidth)
+
+    @staticmethod
+    def find_missed(
+        predictions: Sequence[Mapping[str, Any]],
+        targets: Sequence[Mapping[str, Any]],
+        iou_threshold: float = 0.2,
+        score_threshold: float = 0.5,
+        pixel_spacing_mm: float | Sequence[float | None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Attributes of every ground-truth nodule that no prediction with
+        ``score >= score_threshold`` overlaps with IoU > ``iou_threshold`` (strict).
+
+        ``predictions``: torchvision detector outputs (``boxes`` XYXY, ``scores``);
+        ``targets``: ``boxes`` (``BoundingBoxes`` in any format, or XYXY tensors), optional
+        ``labels`` (all boxes count as nodules). Returns columns ``image_index``,
+        ``center_x_px``, ``center_y_px``, ``width_px``, ``height_px``, ``diameter_px`` (mean
+        of box width and height) and ``diameter_mm`` when the spacing is known.
+        """
+        if len(predictions) != len(targets):
+            raise ValueError(f"predictions and targets must have one entry per image, got {len(predictions)} and {len(targets)}")
+        if not 0 <= iou_threshold < 1:
+            raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
+        n_images = len(targets)
+        if pixel_spacing_mm is None or isinstance(pixel_spacing_mm, (int, float)):
+            spacings = [pixel_spacing_mm] * n_images
+        else:
+            spacings = list(pixel_spacing_mm)
+            if len(spacings) != n_images:
+                raise ValueError(f"pixel_spacing_mm must be one number or one per image ({n_images}), got {len(spacings)}")
+        rows: list[list[float]] = []
+        for i, (pred, tgt) in enumerate(zip(predictions, targets)):
+            gt = _xyxy(tgt["boxes"], f"targets[{i}]['boxes']")
+            if len(gt) == 0:
+                continue
+            boxes = _xyxy(pred.get("boxes", torch.zeros(0, 4)), f"predictions[{i}]['boxes']")
+            scores = torch.as_tensor(pred.get("scores", torch.zeros(len(boxes))), dtype=torch.float32).flatten()
+            if len(scores) != len(boxes):
+                raise ValueError(f"predictions[{i}] has {len(boxes)} boxes but {len(scores)} scores")
+            kept = boxes[scores >= score_threshold]
+            detected = (box_iou(gt, kept) > iou_threshold).any(1) if len(kept) else torch.zeros(len(gt), dtype=torch.bool)
+            sp = spacings[i]
+            for box in gt[~detected]:
+                w, h = float(box[2] - box[0]), float(box[3] - box[1])
+                d = (w + h) / 2
+                rows.append([i, float(box[0]) + w / 2, float(box[1]) + h / 2, w, h, d, d * float(sp) if sp is not None else math.nan])
+        names = ["image_index", "center_x_px", "center_y_px", "width_px", "height_px", "diameter_px", "diameter_mm"]
+        table = torch.tensor(rows, dtype=torch.float64).reshape(-1, len(names))
+        out = {k: table[:, j] for j, k in enumerate(names)}
+        if pixel_spacing_mm is None or (len(out["diameter_mm"]) and torch.isnan(out["diameter_mm"]).any()):
+            out.pop("diameter_mm")
+        return out
+
+    @classmethod
+    def from_detections(
+        cls,
+        predictions: Sequence[Mapping[str, Any]],
+        targets: Sequence[Mapping[str, Any]],
+        iou_threshold: float = 0.2,
+        score_threshold: float = 0.5,
+        pixel_spacing_mm: float | Sequence[float | None] | None = None,
+        bandwidth: float = 0.0,
+        attribute: str | None = None,
+    ) -> HEMSampler:
+        """Mine the missed nodules with :meth:`find_missed` and sample from them."""
+        missed = cls.find_missed(predictions, targets, iou_threshold, score_threshold, pixel_spacing_mm)
+        if len(missed["diameter_px"]) == 0:
+            raise ValueError(
+                f"the detector missed no nodule at score_threshold={score_threshold}, iou_threshold={iou_threshold}: "
+                "there is nothing to mine (raise score_threshold, or sample diameters another way)"
+            )
+        return cls(missed, attribute=attribute, bandwidth=bandwidth)
+
+    # -- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "attribute": self.attribute,
+            "bandwidth": self.bandwidth,
+            "attributes": {k: v.tolist() for k, v in self.table.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> HEMSampler:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported HEMSampler state version {state.get('version')!r} (expected {STATE_VERSION})")
+        return cls(state["attributes"], attribute=state["attribute"], bandwidth=state["bandwidth"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the mined distribution as JSON."""
+        path = Path(path)
+        path.write_text(json.dumps(self.state_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HEMSampler:
+        try:
+            state = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not a readable HEMSampler JSON file: {err}") from err
+        return cls.from_state_dict(state)
