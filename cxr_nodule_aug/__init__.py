@@ -1,3 +1,32 @@
-"""cxr-nodule-aug: realistic, controllable lung nodule insertion for chest X-rays."""
+"""cxr-nodule-aug: realistic, controllable lung nodule insertion for chest X-rays.
+
+    >>> from torchvision.transforms import v2
+    >>> from cxr_nodule_aug import NoduleInpaint, HEMSampler
+    >>> sampler = HEMSampler.from_missed([6.0, 9.5, 14.0])            # mm
+    >>> tf = v2.Compose([NoduleInpaint(diameters=sampler, p=0.5), v2.SanitizeBoundingBoxes()])
+"""
 
 __version__ = "0.1.0"
+
+from cxr_nodule_aug.functional.placement import PlacementError
+from cxr_nodule_aug.hub import WeightsError, load_model
+from cxr_nodule_aug.models import LungSegmenter, PatchDiscriminator, ShapeDiscriminator, ShapeGenerator, TextureGenerator
+from cxr_nodule_aug.records import NoduleRecord
+from cxr_nodule_aug.samplers import HEMSampler
+from cxr_nodule_aug.transforms import InsertNodules, NoduleInpaint
+
+__all__ = [
+    "HEMSampler",
+    "InsertNodules",
+    "LungSegmenter",
+    "NoduleInpaint",
+    "NoduleRecord",
+    "PatchDiscriminator",
+    "PlacementError",
+    "ShapeDiscriminator",
+    "ShapeGenerator",
+    "TextureGenerator",
+    "WeightsError",
+    "__version__",
+    "load_model",
+]

@@ -89,8 +89,9 @@ def modulate_size(mask: torch.Tensor, diameter_px: float, canvas: int = 256, *, 
         centre, rounded down).
 
     Raises:
-        ValueError: ``diameter_px`` not positive or finite, an empty ``mask``, or a rescaled
-            shape that does not fit in ``canvas``.
+        ValueError: ``diameter_px`` not positive or finite, an empty ``mask``, a rescaled
+            shape that does not fit in ``canvas``, or one whose measured diameter misses the
+            request by more than max(1 px, 10 %).
     """
     if not (isinstance(diameter_px, (int, float)) or (isinstance(diameter_px, torch.Tensor) and diameter_px.numel() == 1)):
         raise TypeError(f"diameter_px must be a number, got {type(diameter_px).__name__}")
@@ -135,6 +136,13 @@ def modulate_size(mask: torch.Tensor, diameter_px: float, canvas: int = 256, *, 
             break
     if best is None:
         raise ValueError(f"diameter_px={diameter_px} is too small: the rescaled shape has no pixels")
+    if best_err > max(1.0, 0.1 * diameter_px):
+        # Never hand back a shape whose size is not the one asked for (fragmented masks can
+        # lose pixels when rescaled).
+        raise ValueError(
+            f"could not modulate this shape to diameter_px={diameter_px:g}: the closest result measures "
+            f"{float(equivalent_diameter(best)):.2f} px (is the mask one solid blob?)"
+        )
     h, w = best.shape
     if h > canvas or w > canvas:
         raise ValueError(

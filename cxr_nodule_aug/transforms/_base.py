@@ -1,0 +1,219 @@
+"""What ``NoduleInpaint`` and ``InsertNodules`` share: models, input checks, and writing the
+inserted nodules back into the sample (image, boxes, labels, masks, records)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from cxr_nodule_aug.functional.insertion import InsertionResult, insert_nodules
+from cxr_nodule_aug.functional.intensity import check_image, to_working
+from cxr_nodule_aug.hub import default_weights_dir, parse_source
+from cxr_nodule_aug.models.lung import LungSegmenter
+from cxr_nodule_aug.models.shape import ShapeGenerator
+from cxr_nodule_aug.models.texture import TextureGenerator
+from cxr_nodule_aug.records import NoduleRecord
+from cxr_nodule_aug.transforms._sample import ParsedSample, parse_sample, rebuild, wrap_image
+
+_AXIS_ALIGNED = (tv_tensors.BoundingBoxFormat.XYXY, tv_tensors.BoundingBoxFormat.XYWH, tv_tensors.BoundingBoxFormat.CXCYWH)
+
+ModelSpec = nn.Module | str | os.PathLike | None
+
+
+def _load(spec: ModelSpec, cls: type, weights: str | os.PathLike | None, subfolder: str, required: bool) -> nn.Module | None:
+    if isinstance(spec, nn.Module):
+        if not isinstance(spec, cls):
+            raise TypeError(f"{subfolder}_model must be a {cls.__name__}, got {type(spec).__name__}")
+        return spec.eval()
+    if spec is not None:
+        return cls.from_pretrained(spec)
+    if weights is None:
+        weights = default_weights_dir()
+    if weights is None:
+        if required:
+            raise ValueError(
+                f"no {subfolder} model: no shipped weights were found (set CXR_NODULE_AUG_WEIGHTS or run from a "
+                f"source checkout with weights/). Pass weights='DIR or org/name[@revision]' or {subfolder}_model=..."
+            )
+        return None
+    kind, path, _ = parse_source(weights)
+    if kind == "local" and not (path / subfolder).is_dir():
+        if required:
+            raise ValueError(f"weights directory {str(path)!r} has no '{subfolder}/' model; pass {subfolder}_model=...")
+        return None
+    return cls.from_pretrained(weights, subfolder=subfolder)
+
+
+class NoduleTransformBase(v2.Transform):
+    """Base for transforms that add nodules to a detection sample.
+
+    Subclasses implement ``make_params(flat_inputs) -> {"records": [...], ...}`` where
+    ``flat_inputs`` is ``[image (C, H, W) tensor, target dict]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        weights: str | os.PathLike | None = None,
+        shape_model: ModelSpec = None,
+        texture_model: ModelSpec = None,
+        lung_model: ModelSpec | bool = None,
+        device: torch.device | str | None = None,
+        labels_key: str = "labels",
+        masks_key: str = "masks",
+        lung_mask_key: str = "lung_mask",
+        pixel_spacing_key: str = "pixel_spacing_mm",
+        records_key: str = "nodules",
+    ) -> None:
+        super().__init__()
+        self.shape_model = _load(shape_model, ShapeGenerator, weights, "shape", required=True)
+        self.texture_model = _load(texture_model, TextureGenerator, weights, "texture", required=True)
+        self.lung_model = None if lung_model is False else _load(lung_model, LungSegmenter, weights, "lung", required=False)
+        self.device = torch.device(device) if device is not None else None
+        self.labels_key = labels_key
+        self.masks_key = masks_key
+        self.lung_mask_key = lung_mask_key
+        self.pixel_spacing_key = pixel_spacing_key
+        self.records_key = records_key
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def _models_to(self, device: torch.device) -> None:
+        for m in (self.shape_model, self.texture_model, self.lung_model):
+            if m is not None and next(m.parameters()).device != device:
+                m.to(device)
+
+    def work_device(self, image: torch.Tensor) -> torch.device:
+        return self.device if self.device is not None else image.device
+
+    def pixel_spacing_mm(self, target: dict[str, Any], default: float | Sequence[float] | None = None) -> tuple[float, float] | None:
+        """(row_mm, col_mm) from the target, else ``default``, else ``None``."""
+        value = target.get(self.pixel_spacing_key, None)
+        if value is None:
+            value = default
+        if value is None:
+            return None
+        values = torch.as_tensor(value, dtype=torch.float64).flatten().tolist()
+        if len(values) == 1:
+            values = values * 2
+        if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f"{self.pixel_spacing_key} must be a positive number or (row_mm, col_mm), got {value!r}")
+        return values[0], values[1]
+
+    def lung_mask(self, image: torch.Tensor, target: dict[str, Any]) -> torch.Tensor:
+        """(H, W) bool on the work device: the target's lung mask, else the lung model's."""
+        H, W = image.shape[-2:]
+        device = self.work_device(image)
+        mask = target.get(self.lung_mask_key)
+        if mask is not None:
+            mask = torch.as_tensor(mask).as_subclass(torch.Tensor)
+            if mask.ndim == 3 and mask.shape[0] == 1:
+                mask = mask[0]
+            if mask.shape != (H, W):
+                raise ValueError(f"target[{self.lung_mask_key!r}] must be (H, W) = {(H, W)} like the image, got {tuple(mask.shape)}")
+            mask = mask.to(device) > 0.5 if mask.is_floating_point() else mask.to(device).bool()
+            if not mask.any():
+                raise ValueError(f"target[{self.lung_mask_key!r}] is empty: there is no lung to place a nodule in")
+            return mask
+        if self.lung_model is None:
+            raise ValueError(
+                f"the sample has no lung mask (target[{self.lung_mask_key!r}]) and no lung model is configured: "
+                f"nodules are never placed blindly. Add a tv_tensors.Mask of shape (H, W) as target[{self.lung_mask_key!r}], "
+                "or pass lung_model=... (or weights=... that include a 'lung' model)"
+            )
+        self._models_to(device)
+        gray, _, _ = to_working(image.to(device))
+        mask = self.lung_model.predict(gray.clamp(0, 1)[None, None])[0] > 0.5
+        if not mask.any():
+            raise ValueError("the lung model found no lung in this image; pass a lung mask in the target")
+        return mask
+
+    @staticmethod
+    def existing_boxes_xyxy(target: dict[str, Any]) -> torch.Tensor:
+        """The target's boxes as absolute XYXY float32 on the CPU."""
+        boxes = next(v for v in target.values() if isinstance(v, tv_tensors.BoundingBoxes))
+        return TF.convert_bounding_box_format(boxes.as_subclass(torch.Tensor).float(), old_format=boxes.format, new_format=tv_tensors.BoundingBoxFormat.XYXY).cpu()
+
+    # -- v2 hooks -----------------------------------------------------------------------------
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        image, target = flat_inputs
+        check_image(image)
+        H, W = image.shape[-2:]
+        boxes = next(v for v in target.values() if isinstance(v, tv_tensors.BoundingBoxes))
+        if boxes.format not in _AXIS_ALIGNED:
+            raise ValueError(f"BoundingBoxes format {boxes.format.name} is not supported: use XYXY, XYWH or CXCYWH")
+        if tuple(boxes.canvas_size) != (H, W):
+            raise ValueError(f"BoundingBoxes canvas_size {tuple(boxes.canvas_size)} does not match the image size {(H, W)}")
+        if boxes.ndim != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"BoundingBoxes must be (N, 4), got {tuple(boxes.shape)}")
+        xyxy = TF.convert_bounding_box_format(boxes.as_subclass(torch.Tensor).float(), old_format=boxes.format, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+        tol = 1e-3
+        if len(xyxy) and ((xyxy[:, :2] < -tol).any() or (xyxy[:, 2] > W + tol).any() or (xyxy[:, 3] > H + tol).any()):
+            raise ValueError(f"boxes lie outside the {W}x{H} canvas (XYXY): {xyxy.tolist()}")
+        if self.labels_key not in target:
+            raise ValueError(f"the target has no {self.labels_key!r} entry: new nodules need labels appended next to the boxes (labels_key=...)")
+        labels = torch.as_tensor(target[self.labels_key])
+        if labels.ndim != 1 or len(labels) != len(boxes):
+            raise ValueError(f"target[{self.labels_key!r}] must have one label per box ({len(boxes)}), got shape {tuple(labels.shape)}")
+        masks = target.get(self.masks_key)
+        if masks is not None and (masks.ndim != 3 or masks.shape[0] != len(boxes) or tuple(masks.shape[-2:]) != (H, W)):
+            raise ValueError(f"target[{self.masks_key!r}] must be (N, H, W) = ({len(boxes)}, {H}, {W}) instance masks, got {tuple(masks.shape)}")
+
+    def forward(self, *inputs: Any) -> Any:
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        parsed = parse_sample(sample)
+        flat = [parsed.image, parsed.target]
+        self.check_inputs(flat)
+        params = self.make_params(flat)
+        result = self.apply_records(parsed, params["records"], params.get("footprints"))
+        out = rebuild(sample, result)
+        return out
+
+    # -- writing back ---------------------------------------------------------------------------
+    def apply_records(self, parsed: ParsedSample, records: list[NoduleRecord], footprints: list[torch.Tensor] | None = None) -> dict[int, Any]:
+        """Insert ``records`` and return the id -> replacement map for :func:`rebuild`."""
+        image = parsed.image
+        target = dict(parsed.target)
+        previous = list(target.get(self.records_key, []))
+        if not records:
+            target[self.records_key] = previous
+            return {id(parsed.target): target}
+        device = self.work_device(image)
+        self._models_to(device)
+        result: InsertionResult = insert_nodules(image.to(device), records, self.shape_model, self.texture_model, footprints=footprints)
+        new_image = result.image.to(image.device)
+        H, W = image.shape[-2:]
+
+        boxes = parsed.boxes
+        new_boxes = result.boxes_xyxy.to(boxes.device)
+        if boxes.format != tv_tensors.BoundingBoxFormat.XYXY:
+            new_boxes = TF.convert_bounding_box_format(new_boxes, old_format=tv_tensors.BoundingBoxFormat.XYXY, new_format=boxes.format)
+        cat = torch.cat([boxes.as_subclass(torch.Tensor), new_boxes.to(boxes.dtype)])
+        target[parsed.boxes_key] = tv_tensors.wrap(cat, like=boxes)
+
+        labels = target[self.labels_key]
+        new_labels = torch.tensor([r.label for r in records], dtype=torch.as_tensor(labels).dtype, device=torch.as_tensor(labels).device)
+        target[self.labels_key] = torch.cat([torch.as_tensor(labels), new_labels])
+
+        n_old = len(boxes)
+        masks = target.get(self.masks_key)
+        if masks is not None:
+            new_masks = result.masks.to(device=masks.device, dtype=masks.dtype)
+            target[self.masks_key] = tv_tensors.wrap(torch.cat([masks.as_subclass(torch.Tensor), new_masks]), like=masks)
+        for key, fill in (("iscrowd", None), ("area", None)):
+            value = target.get(key)
+            if isinstance(value, torch.Tensor) and value.ndim == 1 and len(value) == n_old:
+                extra = result.masks.flatten(1).sum(1) if key == "area" else torch.zeros(len(records))
+                target[key] = torch.cat([value, extra.to(device=value.device, dtype=value.dtype)])
+        target[self.records_key] = previous + result.records
+        return {id(parsed.target): target, id(parsed.image_leaf): wrap_image(new_image, parsed.image_leaf)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:  # pragma: no cover - forward does the work
+        raise NotImplementedError("nodule transforms rewrite the whole sample in forward()")

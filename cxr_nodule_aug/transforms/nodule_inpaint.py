@@ -1,0 +1,167 @@
+"""``NoduleInpaint``: the random augmentation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from cxr_nodule_aug.functional.insertion import nodule_footprints, place_nodules
+from cxr_nodule_aug.records import NoduleRecord
+from cxr_nodule_aug.samplers.base import IntUniform, as_sampler, draw
+from cxr_nodule_aug.transforms._base import ModelSpec, NoduleTransformBase
+
+_SEED_HIGH = 2**62
+
+
+class NoduleInpaint(NoduleTransformBase):
+    """Insert synthetic lung nodules into a chest X-ray detection sample, with labels.
+
+    With probability ``p``, draws ``num_nodules`` nodules (diameter, contrast, shape seed),
+    places each inside the lung mask clear of existing boxes, synthesises it (shape generator
+    -> size modulation -> texture inpainter on the patch around it) and appends its box, label,
+    instance mask (when the target has ``masks``) and a :class:`NoduleRecord` to the target.
+    The records replay exactly with :class:`InsertNodules`.
+
+    Args:
+        diameters: nodule diameter: a number, a ``(min, max)`` range (uniform), a sequence
+            (uniform choice), or any sampler ``sampler(n, generator=None) -> Tensor[n]`` such
+            as :class:`HEMSampler`.
+        unit: ``"px"`` or ``"mm"`` for ``diameters``. Default: the sampler's ``unit`` attribute
+            if it has one (``HEMSampler.from_missed`` is in mm), else ``"px"``. Millimetres
+            need the pixel spacing: ``target["pixel_spacing_mm"]`` or ``pixel_spacing_mm``.
+        num_nodules: nodules per augmented image: an int or an inclusive ``(min, max)``.
+        p: probability of augmenting a sample.
+        label: class label of the new boxes.
+        contrast: scale of the synthesised intensity change: a number, range, sequence or
+            sampler (1 = as synthesised).
+        weights: a directory or Hub repo (``org/name[@revision]``) with ``shape/``,
+            ``texture/`` and optionally ``lung/``; default: the shipped weights.
+        shape_model, texture_model, lung_model: models or sources overriding ``weights``.
+            ``lung_model=False`` disables the lung model (then every sample needs a lung mask).
+        pixel_spacing_mm: spacing to use when the target has none.
+        gap_px: minimum clearance between a new nodule's box and any other box.
+        generator: CPU ``torch.Generator`` for every random choice. ``None`` uses torch's global
+            RNG (which DataLoader seeds per worker). A given generator is forked per DataLoader
+            worker from the worker's seed, so workers draw different nodules and two runs with
+            the same seeds draw the same ones.
+        device: where to run the networks (default: the image's device); the output stays on
+            the image's device.
+
+    Sample keys (names configurable): ``boxes`` (the one ``tv_tensors.BoundingBoxes``, any
+    axis-aligned format), ``labels``, optional ``masks`` (N, H, W), ``lung_mask`` (H, W),
+    ``pixel_spacing_mm`` ((row, col) mm), ``nodules`` (list of records, appended to).
+    """
+
+    def __init__(
+        self,
+        diameters: float | tuple[float, float] | Sequence[float] | Callable[..., torch.Tensor] = (8.0, 40.0),
+        *,
+        unit: str | None = None,
+        num_nodules: int | tuple[int, int] = 1,
+        p: float = 0.5,
+        label: int = 1,
+        contrast: float | tuple[float, float] | Sequence[float] | Callable[..., torch.Tensor] = 1.0,
+        weights: str | os.PathLike | None = None,
+        shape_model: ModelSpec = None,
+        texture_model: ModelSpec = None,
+        lung_model: ModelSpec | bool = None,
+        pixel_spacing_mm: float | tuple[float, float] | None = None,
+        gap_px: int = 2,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        **keys: str,
+    ) -> None:
+        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        if unit is None:
+            unit = getattr(diameters, "unit", None) or "px"
+        if unit not in ("px", "mm"):
+            raise ValueError(f"unit must be 'px' or 'mm', got {unit!r}")
+        if isinstance(num_nodules, int):
+            num_nodules = (num_nodules, num_nodules)
+        if not (isinstance(num_nodules, (tuple, list)) and len(num_nodules) == 2):
+            raise TypeError(f"num_nodules must be an int or (min, max), got {num_nodules!r}")
+        if num_nodules[1] < 1:
+            raise ValueError(f"num_nodules must allow at least one nodule, got {num_nodules!r}")
+        if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
+            raise TypeError(f"generator must be a CPU torch.Generator or None, got {generator!r}")
+        if int(gap_px) != gap_px or gap_px < 0:
+            raise ValueError(f"gap_px must be a non-negative int, got {gap_px!r}")
+        super().__init__(weights=weights, shape_model=shape_model, texture_model=texture_model, lung_model=lung_model, device=device, **keys)
+        self.diameters = as_sampler(diameters, "diameters", unit=unit)
+        self.unit = unit
+        self.num_nodules = IntUniform(*num_nodules, name="num_nodules")
+        self.p = float(p)
+        self.label = int(label)
+        self.contrast = as_sampler(contrast, "contrast")
+        self.default_spacing = pixel_spacing_mm
+        self.gap_px = int(gap_px)
+        self.generator = generator
+        self._worker_key: tuple[int, int] | None = None
+        if self.unit == "mm" and pixel_spacing_mm is not None:
+            self.pixel_spacing_mm({}, pixel_spacing_mm)  # validate now
+
+    def extra_repr(self) -> str:
+        return f"diameters={self.diameters!r}, unit={self.unit!r}, num_nodules={self.num_nodules!r}, p={self.p}, label={self.label}"
+
+    def _rng(self) -> torch.Generator | None:
+        if self.generator is None:
+            return None
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return self.generator
+        key = (info.id, info.seed)
+        if self._worker_key != key:
+            # Each worker holds a pickled copy of the same generator: fork it by the worker's
+            # seed so workers differ, and runs with the same seeds repeat.
+            mixed = (self.generator.initial_seed() * 6364136223846793005 + info.seed) % 2**63
+            self.generator = torch.Generator().manual_seed(mixed)
+            self._worker_key = key
+        return self.generator
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        image, target = flat_inputs
+        g = self._rng()
+        if self.p < 1.0 and float(torch.rand(1, generator=g)) >= self.p:
+            return {"records": []}
+        n = int(self.num_nodules(1, generator=g)[0])
+        if n == 0:
+            return {"records": []}
+        sizes = draw(self.diameters, n, g, "diameters")
+        contrasts = draw(self.contrast, n, g, "contrast")
+        seeds = torch.randint(0, _SEED_HIGH, (n,), generator=g).tolist()
+        spacing = self.pixel_spacing_mm(target, self.default_spacing)
+        if self.unit == "mm":
+            if spacing is None:
+                raise ValueError(
+                    f"diameters are in mm but the pixel spacing is unknown: put (row_mm, col_mm) in "
+                    f"target[{self.pixel_spacing_key!r}] or pass pixel_spacing_mm=..."
+                )
+            sizes = sizes / ((spacing[0] + spacing[1]) / 2)
+        # Rounded once here so that a replay from the records rebuilds the same footprints.
+        diameters_px = [round(d, 4) for d in sizes.tolist()]
+        device = self.work_device(image)
+        lung = self.lung_mask(image, target)
+        self._models_to(device)
+        shapes = self.shape_model.generate(seeds, device=device)
+        for seed, shape in zip(seeds, shapes):
+            if not shape.any():
+                raise ValueError(f"the shape model produced an empty mask for seed {seed}; is it trained?")
+        footprints = nodule_footprints(shapes, diameters_px, self.texture_model.patch_size, self.texture_model.max_fill)
+        centres = place_nodules(lung, footprints, self.existing_boxes_xyxy(target), gap_px=self.gap_px, generator=g)
+        mm_per_px = None if spacing is None else (spacing[0] + spacing[1]) / 2
+        records = [
+            NoduleRecord(
+                center_xy=c,
+                diameter_px=d,
+                seed=s,
+                contrast=float(k),
+                label=self.label,
+                diameter_mm=None if mm_per_px is None else round(d * mm_per_px, 4),
+            )
+            for c, d, s, k in zip(centres, diameters_px, seeds, contrasts.tolist())
+        ]
+        return {"records": records, "footprints": footprints}
