@@ -47,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
             image_names = [ln.strip() for ln in args.image_names.read_text(encoding="utf-8").splitlines() if ln.strip()]
         else:
             with open(args.predictions, encoding="utf-8") as f:
-                has_names = isinstance(json.load(f).get("image_names"), list)
+                try:
+                    data = json.load(f)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"predictions file {str(args.predictions)!r} is not valid JSON: {exc}") from exc
+            has_names = isinstance(data, dict) and isinstance(data.get("image_names"), list)
             if not has_names:
                 # The NODE21 baseline stacks images in sorted file-name order.
                 image_names = sorted(targets)
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate_detections(predictions, targets, mode=args.mode, bootstrap=args.bootstrap,
                                       seed=args.seed, fp_per_image=args.fp_per_image,
                                       iou_threshold=args.iou_threshold)
-    except (OSError, ValueError, AttributeError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"cxr-nodule-aug eval: error: {exc}", file=sys.stderr)
         return 2
 
