@@ -22,7 +22,8 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from huggingface_hub import HfApi, hf_hub_download
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model as _load_safetensors
+from safetensors.torch import save_model as _save_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -167,7 +168,7 @@ class PretrainedMixin:
         if metadata:
             config["metadata"] = metadata
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        save_model(self, str(directory / WEIGHTS_NAME), metadata={"model_type": self.model_type, "library": LIBRARY_NAME})
+        _save_safetensors(self, str(directory / WEIGHTS_NAME), metadata={"model_type": self.model_type, "library": LIBRARY_NAME})
         if model_card is not None:
             (directory / MODEL_CARD_NAME).write_text(model_card)
         return directory
@@ -213,7 +214,7 @@ class PretrainedMixin:
         except TypeError as err:
             raise WeightsError(f"{config_path} does not match {target_cls.__name__}'s arguments: {err}") from err
         try:
-            load_model(model, str(weights_path), strict=True, device=str(map_location))
+            _load_safetensors(model, str(weights_path), strict=True, device=str(map_location))
         except RuntimeError as err:
             raise WeightsError(f"{weights_path} does not match {target_cls.__name__}{config}: {err}") from err
         model.to(map_location)
