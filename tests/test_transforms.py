@@ -1,0 +1,308 @@
+"""Contract tests for NoduleInpaint / InsertNodules, in the style of torchvision's check_transform."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import EllipseShapeGenerator, lung_mask, make_image, make_target, tiny_texture
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from cxr_nodule_aug import HEMSampler, InsertNodules, NoduleInpaint, NoduleRecord, PlacementError
+from cxr_nodule_aug.models import LungSegmenter
+
+
+def make_tf(**kw):
+    kw.setdefault("shape_model", EllipseShapeGenerator())
+    kw.setdefault("texture_model", tiny_texture())
+    kw.setdefault("p", 1.0)
+    kw.setdefault("diameters", (6.0, 14.0))
+    kw.setdefault("lung_model", False)
+    kw.setdefault("generator", torch.Generator().manual_seed(0))
+    return NoduleInpaint(**kw)
+
+
+def check_insertion(image_in, target_in, image_out, target_out, n_new):
+    n_old = len(target_in["boxes"])
+    assert type(image_out) is type(image_in)
+    img_in = TF.pil_to_tensor(image_in) if isinstance(image_in, PIL.Image.Image) else image_in
+    img_out = TF.pil_to_tensor(image_out) if isinstance(image_out, PIL.Image.Image) else image_out
+    assert img_out.dtype == img_in.dtype and img_out.shape == img_in.shape and img_out.device == img_in.device
+    boxes = target_out["boxes"]
+    assert isinstance(boxes, tv_tensors.BoundingBoxes)
+    assert boxes.format == target_in["boxes"].format and boxes.canvas_size == target_in["boxes"].canvas_size
+    assert len(boxes) == len(target_out["labels"]) == n_old + n_new
+    assert torch.equal(boxes[:n_old].as_subclass(torch.Tensor), target_in["boxes"].as_subclass(torch.Tensor))
+    records = target_out["nodules"]
+    assert len(records) == n_new
+    xyxy = TF.convert_bounding_box_format(boxes.as_subclass(torch.Tensor), old_format=boxes.format, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+    changed = (img_out.float() - img_in.float()).abs().amax(0) > 0
+    for i, rec in enumerate(records):
+        x1, y1, x2, y2 = [int(v) for v in xyxy[n_old + i].tolist()]
+        assert rec.box_xyxy == (x1, y1, x2, y2)
+        # The image really has the nodule where the label says, and nowhere else.
+        assert changed[y1:y2, x1:x2].any(), "a labelled nodule must change the image"
+        lung = target_in.get("lung_mask")
+        if lung is not None:
+            assert torch.as_tensor(lung)[y1:y2, x1:x2].all(), "the whole nodule lies inside the lung"
+    if "masks" in target_out:
+        masks = target_out["masks"]
+        assert isinstance(masks, tv_tensors.Mask) and len(masks) == n_old + n_new
+        union = masks[n_old:].bool().any(0) if n_new else torch.zeros_like(changed)
+        assert not (changed & ~union).any(), "pixels changed outside the nodule masks"
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.float32])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dtype_range_channels_preserved(dtype, channels):
+    image = tv_tensors.Image(make_image(dtype, channels))
+    target = make_target(masks=True)
+    image_before, target_before = image.clone(), copy.deepcopy(target)
+    out_image, out_target = make_tf(num_nodules=2)(image, target)
+    check_insertion(image, target, out_image, out_target, 2)
+    if dtype == torch.float32:
+        assert 0 <= float(out_image.min()) and float(out_image.max()) <= 1
+    if channels == 3:
+        assert torch.equal(out_image[0], out_image[1]) and torch.equal(out_image[1], out_image[2])
+    # inputs never modified in place
+    assert torch.equal(image, image_before)
+    for k in target:
+        assert torch.equal(torch.as_tensor(target[k]), torch.as_tensor(target_before[k]))
+
+
+@pytest.mark.parametrize("fmt", ["XYXY", "XYWH", "CXCYWH"])
+def test_boxes_appended_in_input_format(fmt):
+    image = tv_tensors.Image(make_image())
+    target = make_target(fmt=fmt, boxes=((20.0, 20.0, 30.0, 32.0), (80.0, 60.0, 90.0, 75.0)))
+    out_image, out_target = make_tf()(image, target)
+    check_insertion(image, target, out_image, out_target, 1)
+
+
+def test_structures_plain_tensor_dict_nested_and_pil():
+    tf = make_tf()
+    image = make_image()
+    # plain tensor image in a tuple
+    out = tf(image, make_target())
+    assert type(out) is tuple and type(out[0]) is torch.Tensor
+    check_insertion(image, make_target(), out[0], out[1], 1)
+    # flat dict sample
+    sample = {"image": tv_tensors.Image(image), **make_target(), "extra": "kept"}
+    out = tf(sample)
+    assert set(out) == set(sample) | {"nodules"} and out["extra"] == "kept"
+    assert len(out["boxes"]) == 2
+    # nested structure as a single argument
+    sample = [{"img": tv_tensors.Image(image), "meta": (1, 2)}, {"target": make_target()}]
+    out = tf(sample)
+    assert type(out) is list and out[0]["meta"] == (1, 2) and len(out[1]["target"]["boxes"]) == 2
+    # PIL image (8-bit greyscale)
+    pil = PIL.Image.fromarray(make_image(torch.uint8)[0].numpy())
+    out = tf(pil, make_target())
+    check_insertion(pil, make_target(), out[0], out[1], 1)
+
+
+def test_replay_reproduces_exactly_and_same_seed_same_nodules():
+    image = tv_tensors.Image(make_image())
+    target = make_target(masks=True)
+    a_img, a_tgt = make_tf(num_nodules=3, generator=torch.Generator().manual_seed(5))(image, target)
+    b_img, b_tgt = make_tf(num_nodules=3, generator=torch.Generator().manual_seed(5))(image, target)
+    assert torch.equal(a_img, b_img) and a_tgt["nodules"] == b_tgt["nodules"]
+    # InsertNodules from the records (also after a JSON-style round trip) gives the same pixels.
+    records = [NoduleRecord.from_dict(r.to_dict()) for r in a_tgt["nodules"]]
+    r_img, r_tgt = InsertNodules(records, shape_model=EllipseShapeGenerator(), texture_model=tiny_texture())(image, target)
+    assert torch.equal(r_img, a_img)
+    assert torch.equal(r_tgt["boxes"], a_tgt["boxes"]) and torch.equal(r_tgt["masks"], a_tgt["masks"])
+    assert r_tgt["nodules"] == a_tgt["nodules"]
+    c_img, _ = make_tf(num_nodules=3, generator=torch.Generator().manual_seed(6))(image, target)
+    assert not torch.equal(c_img, a_img)
+
+
+def test_global_rng_when_no_generator():
+    image, target = tv_tensors.Image(make_image()), make_target()
+    torch.manual_seed(1)
+    a = make_tf(generator=None)(image, target)
+    torch.manual_seed(1)
+    b = make_tf(generator=None)(image, target)
+    assert torch.equal(a[0], b[0])
+
+
+def test_compose_with_sanitize_and_geometric_transforms():
+    pipeline = v2.Compose([make_tf(num_nodules=2), v2.RandomHorizontalFlip(p=1.0), v2.SanitizeBoundingBoxes()])
+    image, target = tv_tensors.Image(make_image()), make_target(masks=True)
+    out_image, out_target = pipeline(image, target)
+    assert len(out_target["boxes"]) == len(out_target["labels"]) == len(out_target["masks"]) == 3
+    assert out_target["lung_mask"].shape == (128, 128)  # semantic mask untouched by Sanitize
+    # Flipped boxes still frame the nodules' masks.
+    for box, mask in zip(out_target["boxes"][1:], out_target["masks"][1:]):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+def test_pickle_round_trip_keeps_behaviour():
+    tf = make_tf(generator=torch.Generator().manual_seed(9))
+    clone = pickle.loads(pickle.dumps(tf))
+    image, target = tv_tensors.Image(make_image()), make_target()
+    assert torch.equal(tf(image, target)[0], clone(image, target)[0])
+
+
+def test_p_zero_is_identity_with_empty_records_and_p_one_always():
+    image, target = tv_tensors.Image(make_image()), make_target()
+    out_image, out_target = make_tf(p=0.0)(image, target)
+    assert torch.equal(out_image, image) and out_target["nodules"] == [] and len(out_target["boxes"]) == 1
+    tf = make_tf(p=0.5, generator=torch.Generator().manual_seed(0))
+    applied = [len(tf(image, target)[1]["nodules"]) for _ in range(40)]
+    assert 8 < sum(applied) < 32
+
+
+def test_records_accumulate_over_two_transforms():
+    tf = v2.Compose([make_tf(), make_tf(generator=torch.Generator().manual_seed(1))])
+    _, target = tf(tv_tensors.Image(make_image()), make_target())
+    assert len(target["nodules"]) == 2 and len(target["boxes"]) == 3
+
+
+def test_diameters_in_mm_with_spacing_and_hem_sampler():
+    sampler = HEMSampler.from_missed([5.0, 6.0])  # mm
+    tf = make_tf(diameters=sampler)
+    assert tf.unit == "mm"
+    _, target = tf(tv_tensors.Image(make_image()), make_target(spacing=(0.5, 0.5)))
+    rec = target["nodules"][0]
+    assert rec.diameter_mm in (5.0, 6.0) and rec.diameter_px == pytest.approx(rec.diameter_mm / 0.5)
+    assert abs(rec.measured_diameter_px - rec.diameter_px) <= max(1.0, 0.05 * rec.diameter_px)
+    with pytest.raises(ValueError, match="pixel spacing is unknown"):
+        tf(tv_tensors.Image(make_image()), make_target())
+    # the transform's default spacing is used when the target has none
+    _, target = make_tf(diameters=sampler, pixel_spacing_mm=0.5)(tv_tensors.Image(make_image()), make_target())
+    assert target["nodules"][0].diameter_mm in (5.0, 6.0)
+
+
+def test_large_nodule_uses_a_resampled_region():
+    # 40 px > patch 32 * max_fill 0.5: the model sees a downsampled 80 px region.
+    image, target = tv_tensors.Image(make_image(size=256)), make_target(size=256, boxes=())
+    _, out = make_tf(diameters=40.0)(image, target)
+    rec = out["nodules"][0]
+    assert abs(rec.measured_diameter_px - 40.0) <= 2.0
+
+
+def test_lung_model_used_when_no_lung_mask():
+    seg = LungSegmenter(base_width=4, depth=2, input_size=32).eval()
+    with torch.no_grad():  # a "lung model" that says: everything is lung
+        seg.head.weight.zero_()
+        seg.head.bias.fill_(10.0)
+    tf = make_tf(lung_model=seg)
+    _, target = tf(tv_tensors.Image(make_image()), make_target(lung=False))
+    assert len(target["nodules"]) == 1
+
+
+class _Samples(Dataset):
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        # float32: torch 2.14 cannot send uint16 tensors between DataLoader processes
+        # (a torch limitation, unrelated to this library), so the loader test uses floats.
+        return self.transform(tv_tensors.Image(make_image(torch.float32, seed=0)), make_target())
+
+
+def _collect(transform, seed):
+    loader = DataLoader(_Samples(transform), batch_size=1, num_workers=2, collate_fn=lambda b: b[0], generator=torch.Generator().manual_seed(seed))
+    return [tuple(target["nodules"][0].center_xy) + (target["nodules"][0].seed,) for _, target in loader]
+
+
+@pytest.mark.parametrize("with_generator", [True, False])
+def test_dataloader_two_workers_differ_and_repeat(with_generator):
+    tf = make_tf(generator=torch.Generator().manual_seed(0) if with_generator else None)
+    run1 = _collect(tf, seed=123)
+    run2 = _collect(tf, seed=123)
+    assert run1 == run2, "same seeds, same nodules"
+    # Items 0 and 1 go to different workers, as their first items: they must not be copies.
+    assert run1[0] != run1[1]
+    assert len(set(run1)) == 4
+
+
+# --- bad input: clear errors naming the argument ------------------------------------------------
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="p must be a probability"):
+        make_tf(p=1.5)
+    with pytest.raises(ValueError, match="diameters must be positive"):
+        make_tf(diameters=0)
+    with pytest.raises(ValueError, match="diameters must be positive"):
+        make_tf(diameters=(-1.0, 3.0))
+    with pytest.raises(ValueError, match="min <= max"):
+        make_tf(diameters=(9.0, 3.0))
+    with pytest.raises(ValueError, match="must not be empty"):
+        make_tf(diameters=[])
+    with pytest.raises(ValueError, match="unit must be"):
+        make_tf(unit="cm")
+    with pytest.raises(TypeError, match="generator must be"):
+        make_tf(generator=3)
+
+
+def test_no_weights_is_a_clear_error(monkeypatch, tmp_path):
+    import cxr_nodule_aug.transforms._base as base
+
+    monkeypatch.setattr(base, "default_weights_dir", lambda: None)
+    with pytest.raises(ValueError, match="no shipped weights were found"):
+        NoduleInpaint()
+
+
+@pytest.mark.parametrize(
+    "mutate, error, match",
+    [
+        (lambda i, t: (i.to(torch.int64), t), TypeError, "dtype"),
+        (lambda i, t: (i[None], t), ValueError, r"\(C, H, W\)"),
+        (lambda i, t: (i.expand(2, -1, -1), t), ValueError, r"C = 1 or 3"),
+        (lambda i, t: (i.float().index_put((torch.tensor([0]), torch.tensor([3]), torch.tensor([4])), torch.tensor(float("nan"))), t), ValueError, "NaN"),
+        (lambda i, t: (i, {**t, "lung_mask": tv_tensors.Mask(torch.zeros(128, 128, dtype=torch.bool))}), ValueError, "lung_mask.*empty"),
+        (lambda i, t: (i, {**t, "lung_mask": tv_tensors.Mask(torch.ones(64, 64, dtype=torch.bool))}), ValueError, "lung_mask.*must be"),
+        (lambda i, t: (i, {k: v for k, v in t.items() if k != "lung_mask"}), ValueError, "no lung mask"),
+        (lambda i, t: (i, {**t, "boxes": tv_tensors.BoundingBoxes([[100.0, 100.0, 140.0, 120.0]], format="XYXY", canvas_size=(128, 128), clamping_mode=None)}), ValueError, "outside"),
+        (lambda i, t: (i, {**t, "boxes": tv_tensors.BoundingBoxes([[1.0, 1.0, 4.0, 4.0]], format="XYXY", canvas_size=(64, 64))}), ValueError, "canvas_size"),
+        (lambda i, t: (i, {k: v for k, v in t.items() if k != "labels"}), ValueError, "'labels'"),
+        (lambda i, t: (i, {**t, "labels": torch.tensor([1, 1])}), ValueError, "one label per box"),
+        (lambda i, t: (i, {"labels": t["labels"]}), ValueError, "BoundingBoxes"),
+        (lambda i, t: (i, {**t, "pixel_spacing_mm": -1.0}), ValueError, "pixel_spacing_mm"),
+    ],
+)
+def test_bad_sample_errors(mutate, error, match):
+    image, target = mutate(make_image(), make_target())
+    with pytest.raises(error, match=match):
+        make_tf()(image, target)
+
+
+def test_diameter_larger_than_the_lungs_is_an_error():
+    with pytest.raises(PlacementError, match="no position inside the lung mask"):
+        make_tf(diameters=60.0)(tv_tensors.Image(make_image()), make_target())
+
+
+def test_sampler_returning_bad_values_is_an_error():
+    with pytest.raises(ValueError, match="diameters must be positive"):
+        make_tf(diameters=lambda n, generator=None: torch.full((n,), -2.0))(tv_tensors.Image(make_image()), make_target())
+
+
+def test_insert_nodules_validates_records():
+    with pytest.raises(ValueError, match="diameter_px must be positive"):
+        InsertNodules([NoduleRecord((10, 10), 0.0, 1)], shape_model=EllipseShapeGenerator(), texture_model=tiny_texture())
+    tf = InsertNodules([{"center_xy": (500, 10), "diameter_px": 8.0, "seed": 1}], shape_model=EllipseShapeGenerator(), texture_model=tiny_texture())
+    with pytest.raises(ValueError, match="outside the 128x128 image"):
+        tf(make_image(), make_target())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_image_stays_on_cuda_and_matches_cpu_geometry():
+    image = tv_tensors.Image(make_image().cuda())
+    target = make_target()
+    target = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in target.items()}
+    out_image, out_target = make_tf()(image, target)
+    assert out_image.is_cuda and out_target["boxes"].is_cuda
+    cpu_image, cpu_target = make_tf()(tv_tensors.Image(make_image()), make_target())
+    assert out_target["nodules"][0].center_xy == cpu_target["nodules"][0].center_xy
+    assert (out_image.cpu().float() - cpu_image.float()).abs().max() <= 2
