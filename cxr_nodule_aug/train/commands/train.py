@@ -1,0 +1,47 @@
+"""``cxr-nodule-aug train {shape,texture,lung} [--config FILE.yaml] [key=value ...]``.
+
+Runs unchanged under ``torchrun --nproc-per-node N -m cxr_nodule_aug.train.cli train ...``.
+The resolved config is written to ``<out>/config.yaml``; an existing ``<out>/checkpoint.pt``
+is resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+
+TASKS = {
+    "shape": ("cxr_nodule_aug.train.shape", "ShapeConfig"),
+    "texture": ("cxr_nodule_aug.train.texture", "TextureConfig"),
+    "lung": ("cxr_nodule_aug.train.lung", "LungConfig"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", choices=sorted(TASKS), help="which model to train")
+    parser.add_argument("--config", default=None, help="YAML file with config values")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=2000 out=runs/x")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxr_nodule_aug.train.common import resolve_config
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module_name, config_name = TASKS[args.task]
+    module = importlib.import_module(module_name)
+    try:
+        cfg = resolve_config(getattr(module, config_name), args.config, args.overrides)
+    except ValueError as err:
+        raise SystemExit(f"cxr-nodule-aug train {args.task}: {err}") from None
+    if args.print_config:
+        import dataclasses
+
+        import yaml
+
+        print(yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}, sort_keys=True))
+        return 0
+    out = module.train(cfg)
+    print(f"trained {args.task}: {out}")
+    return 0

@@ -1,0 +1,215 @@
+"""What every trainer shares: configs, seeding, torchrun/DDP, checkpoints, logs, sample grids."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+C = TypeVar("C")
+
+
+# --- configs -----------------------------------------------------------------------------------
+def _coerce(value: str, like: Any) -> Any:
+    """Parse a command-line override with YAML, checked against the default's type."""
+    parsed = yaml.safe_load(value)
+    if like is None or parsed is None:
+        return parsed
+    if isinstance(like, bool):
+        if not isinstance(parsed, bool):
+            raise ValueError(f"expected true/false, got {value!r}")
+        return parsed
+    if isinstance(like, (int, float)) and not isinstance(parsed, bool) and isinstance(parsed, (int, float)):
+        return type(like)(parsed) if not (isinstance(like, int) and isinstance(parsed, float) and not parsed.is_integer()) else parsed
+    if isinstance(like, (list, tuple)) and isinstance(parsed, list):
+        return type(like)(parsed)
+    if isinstance(like, str):
+        return str(parsed) if not isinstance(parsed, str) else parsed
+    if type(parsed) is not type(like):
+        raise ValueError(f"expected a {type(like).__name__}, got {value!r}")
+    return parsed
+
+
+def resolve_config(cls: type[C], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> C:
+    """Defaults of dataclass ``cls`` <- YAML file ``path`` <- ``key=value`` overrides."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config file must be a YAML mapping")
+        unknown = set(data) - set(fields)
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}; known: {sorted(fields)}")
+        values.update(data)
+    defaults = cls()  # type: ignore[call-arg]
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        if key not in fields:
+            raise ValueError(f"unknown config key {key!r}; known: {sorted(fields)}")
+        try:
+            values[key] = _coerce(raw, getattr(defaults, key))
+        except (ValueError, yaml.YAMLError) as err:
+            raise ValueError(f"override {key}={raw!r}: {err}") from err
+    for key, value in values.items():
+        if isinstance(getattr(defaults, key), tuple) and isinstance(value, list):
+            values[key] = tuple(value)
+    return dataclasses.replace(defaults, **values)  # type: ignore[type-var]
+
+
+def write_config(config: Any, out_dir: Path) -> Path:
+    path = out_dir / "config.yaml"
+    data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+    path.write_text(yaml.safe_dump(data, sort_keys=True))
+    return path
+
+
+# --- distributed -------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Read torchrun's environment; start gloo (CPU) or NCCL (CUDA) when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+def wrap_ddp(model: nn.Module, d: Dist) -> nn.Module:
+    if not d.enabled:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def all_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.enabled:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= d.world_size
+    return value
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def cleanup(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --- seeding -----------------------------------------------------------------------------------
+def seed_everything(seed: int, rank: int = 0) -> torch.Generator:
+    """Seed python, numpy and torch (different per rank); returns a CPU generator for data."""
+    s = seed + 1000 * rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    return torch.Generator().manual_seed(s)
+
+
+def infinite(loader: Any, sampler: Any = None, start_epoch: int = 0) -> Iterator[Any]:
+    epoch = start_epoch
+    while True:
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+def save_checkpoint(path: Path, *, step: int, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer], schedulers: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> None:
+    """Atomic write of plain tensors and containers only: loadable with ``weights_only=True``."""
+    state = {
+        "step": step,
+        "modules": {k: unwrap(m).state_dict() for k, m in modules.items()},
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
+        "rng": {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)), "python": repr(random.getstate())},
+        "extra": dict(extra or {}),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, *, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer], schedulers: Mapping[str, Any] | None = None, map_location: Any = "cpu") -> dict[str, Any]:
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    for k, m in modules.items():
+        unwrap(m).load_state_dict(state["modules"][k], strict=True)
+    for k, o in optimizers.items():
+        o.load_state_dict(state["optimizers"][k])
+    for k, s in (schedulers or {}).items():
+        s.load_state_dict(state["schedulers"][k])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state
+
+
+# --- logs and pictures -------------------------------------------------------------------------
+class MetricsLog:
+    """JSON lines: one object per logged step (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+        self.t0 = time.time()
+
+    def write(self, step: int, **metrics: float) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "time_s": round(time.time() - self.t0, 2), **{k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
+    """Images (B, C, H, W) in [0, 1] -> one PNG."""
+    from torchvision.utils import save_image
+
+    save_image(images.detach().float().clamp(0, 1).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
+
+
+def lsgan_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake**2).mean()
+
+
+def lsgan_g_loss(fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * ((fake - 1) ** 2).mean()

@@ -1,0 +1,168 @@
+"""``cxr-nodule-aug train shape``: the DCGAN + LSGAN shape generator (paper section III-A, IV-B).
+
+Data: any folder of binary nodule masks (PNG, one nodule per file, any size; nonzero = nodule).
+Each mask is size-modulated to ``norm_diameter_px`` on a ``norm_canvas`` grid, then resized to
+``image_size`` (the paper: 100 px on 256, then 128 x 128).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from cxr_nodule_aug.functional.size import modulate_size
+from cxr_nodule_aug.models.shape import ShapeDiscriminator, ShapeGenerator
+from cxr_nodule_aug.train import common
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ShapeConfig:
+    data: str = ""
+    out: str = "runs/shape"
+    steps: int = 4000
+    batch_size: int = 16
+    g_lr: float = 1e-4
+    d_lr: float = 1e-5
+    betas: tuple = (0.5, 0.999)
+    latent_dim: int = 100
+    g_width: int = 512
+    d_width: int = 512
+    image_size: int = 128
+    norm_diameter_px: float = 100.0
+    norm_canvas: int = 256
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 250
+
+
+def _read_mask(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.array(im)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return torch.from_numpy(arr > 0)
+
+
+class MaskFolder(Dataset):
+    """Normalised shape masks (1, S, S) float {0, 1} from a folder of PNG masks."""
+
+    def __init__(self, root: str | Path, image_size: int = 128, norm_diameter_px: float = 100.0, norm_canvas: int = 256, augment: bool = True) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data={str(root)!r} is not a directory of PNG masks")
+        files = sorted(root.rglob("*.png"))
+        if not files:
+            raise FileNotFoundError(f"data={str(root)!r} holds no *.png masks")
+        masks, skipped = [], []
+        for f in files:
+            m = _read_mask(f)
+            try:
+                norm = modulate_size(m, norm_diameter_px, canvas=norm_canvas)
+            except ValueError as err:
+                skipped.append(f"{f.name}: {err}")
+                continue
+            small = F.interpolate(norm[None, None].float(), size=(image_size, image_size), mode="area")[0] >= 0.5
+            masks.append(small)
+        if skipped:
+            log.warning("skipped %d of %d masks that could not be normalised, e.g. %s", len(skipped), len(files), skipped[0])
+        if not masks:
+            raise ValueError(f"none of the {len(files)} masks in {root} could be normalised")
+        self.masks = torch.stack(masks).float()
+        self.augment = augment
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        m = self.masks[i]
+        if self.augment:  # shapes have no preferred orientation
+            k = int(torch.randint(4, (1,)))
+            m = torch.rot90(m, k, dims=(1, 2))
+            if bool(torch.randint(2, (1,))):
+                m = m.flip(2)
+        return m
+
+
+def train(cfg: ShapeConfig) -> Path:
+    d = common.setup_distributed(cfg.device)
+    common.seed_everything(cfg.seed, d.rank)
+    out = Path(cfg.out)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "samples").mkdir(exist_ok=True)
+        common.write_config(cfg, out)
+    common.barrier(d)
+
+    data = MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, cfg.augment)
+    sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+
+    G = ShapeGenerator(cfg.latent_dim, cfg.g_width, cfg.image_size).to(d.device)
+    D = ShapeDiscriminator(cfg.d_width, cfg.image_size).to(d.device)
+    Gd, Dd = common.wrap_ddp(G, d), common.wrap_ddp(D, d)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.g_lr, betas=tuple(cfg.betas))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas))
+    ckpt = out / "checkpoint.pt"
+    step = 0
+    if ckpt.exists():
+        state = common.load_checkpoint(ckpt, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, map_location=d.device)
+        step = int(state["step"])
+        log.info("resumed from %s at step %d", ckpt, step)
+    fixed_z = torch.randn(32, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(d.device)
+    metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
+    batches = common.infinite(loader, sampler, start_epoch=step // max(len(loader), 1))
+
+    G.train()
+    D.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="shape", disable=not d.is_main, dynamic_ncols=True)
+    while step < cfg.steps:
+        real = next(batches).to(d.device)
+        z = torch.randn(real.shape[0], cfg.latent_dim, device=d.device)
+        fake = Gd(z)
+        scores = Dd(torch.cat([real, fake.detach()]))
+        loss_d = common.lsgan_d_loss(scores[: len(real)], scores[len(real) :])
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        loss_g = common.lsgan_g_loss(Dd(fake))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            lg, ld = common.all_mean(loss_g, d), common.all_mean(loss_d, d)
+            with torch.no_grad():
+                binary = (fake > 0.5).float().mean()
+            metrics.write(step, loss_g=lg, loss_d=ld, fake_fill=binary, real_fill=real.mean())
+            bar.set_postfix(g=f"{float(lg):.3f}", d=f"{float(ld):.3f}")
+        if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
+            G.eval()
+            with torch.no_grad():
+                common.save_grid((G(fixed_z) > 0.5).float(), out / "samples" / f"step{step:06d}.png")
+            G.train()
+        if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            common.save_checkpoint(ckpt, step=step, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
+        common.barrier(d) if step % cfg.checkpoint_every == 0 else None
+    bar.close()
+    if d.is_main:
+        G.eval()
+        G.save_pretrained(out / "model", metadata={"trained_steps": step, "data": str(cfg.data), "num_masks": len(data)})
+    common.cleanup(d)
+    return out / "model"
