@@ -1,0 +1,261 @@
+"""``cxr-nodule-aug train texture``: the coarse-to-fine gated-conv inpainter (paper III-C, IV-B).
+
+Training pairs are (patch with a nodule, the nodule's shape mask): the hole is the mask, the
+ground truth is the patch. Patches are cut exactly as inference cuts them
+(:func:`cxr_nodule_aug.functional.insertion.region_side`, the image's own intensity window),
+so a trained model sees at inference what it saw in training.
+
+Loss (all weights 1 by default, as in the paper): L1(coarse) + L1(fine) + perceptual(fine)
++ LSGAN(D(mask, composite)). Adam (0.5, 0.999); D at a tenth of G's learning rate; both
+dropped by 10x at ``lr_drop_step`` (the paper's second phase).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from tqdm import tqdm
+
+from cxr_nodule_aug.eval.features import feature_extractor
+from cxr_nodule_aug.functional.insertion import region_side
+from cxr_nodule_aug.functional.intensity import to_working
+from cxr_nodule_aug.functional.size import equivalent_diameter
+from cxr_nodule_aug.models.texture import PatchDiscriminator, TextureGenerator
+from cxr_nodule_aug.train import common
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TextureConfig:
+    data: str = ""
+    out: str = "runs/texture"
+    steps: int = 6000
+    lr_drop_step: int = 4500
+    batch_size: int = 8
+    lr: float = 1e-4
+    d_lr_ratio: float = 0.1
+    betas: tuple = (0.5, 0.999)
+    base_width: int = 16
+    d_width: int = 32
+    num_stages: int = 2
+    patch_size: int = 64
+    mask_type: str = "shape"
+    max_fill: float = 0.5
+    w_l1_coarse: float = 1.0
+    w_l1_fine: float = 1.0
+    w_perceptual: float = 1.0
+    w_adversarial: float = 1.0
+    backbone: str = "efficientnet-lite0"
+    holdout_fraction: float = 0.1
+    jitter: float = 0.125
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 250
+
+
+class PerceptualLoss(torch.nn.Module):
+    """Sum over the backbone's three taps of the mean L1 feature distance."""
+
+    def __init__(self, backbone: str) -> None:
+        super().__init__()
+        self.extractor = feature_extractor(backbone)
+
+    def train(self, mode: bool = True) -> PerceptualLoss:
+        super().train(mode)
+        self.extractor.eval()  # frozen, BN statistics untouched
+        return self
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(F.l1_loss(a, b) for a, b in zip(self.extractor.taps(output), self.extractor.taps(target)))
+
+
+def extract_patches(
+    samples: Iterable[tuple[torch.Tensor, dict[str, Any]]],
+    patch_size: int,
+    max_fill: float,
+    *,
+    jitter: float = 0.0,
+    mask_type: str = "shape",
+    generator: torch.Generator | None = None,
+    masks_key: str = "masks",
+) -> dict[str, torch.Tensor]:
+    """Cut one (patch, mask) pair per nodule instance mask, the way inference cuts them.
+
+    Returns ``patch`` (N, 1, P, P) float in ~[0, 1], ``mask`` (N, 1, P, P) float {0, 1},
+    ``image_index`` (N,) and ``diameter_px`` (N,).
+    """
+    patches, masks, index, diameters = [], [], [], []
+    for i, (image, target) in enumerate(samples):
+        if masks_key not in target:
+            raise ValueError(f"sample {i} has no target[{masks_key!r}] instance masks to train the inpainter on")
+        image = torch.as_tensor(image).as_subclass(torch.Tensor)
+        gray, _, _ = to_working(image)
+        H, W = gray.shape
+        for m in torch.as_tensor(target[masks_key]).as_subclass(torch.Tensor).bool():
+            if not m.any():
+                continue
+            d = float(equivalent_diameter(m))
+            R = region_side(d, patch_size, max_fill)
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            cy, cx = (int(ys.min()) + int(ys.max())) // 2, (int(xs.min()) + int(xs.max())) // 2
+            if jitter > 0:
+                shift = ((torch.rand(2, generator=generator) * 2 - 1) * jitter * R).round().int().tolist()
+                cy, cx = cy + shift[0], cx + shift[1]
+            rows = torch.arange(cy - R // 2, cy - R // 2 + R).clamp(0, H - 1)
+            cols = torch.arange(cx - R // 2, cx - R // 2 + R).clamp(0, W - 1)
+            patch = gray[rows][:, cols][None, None].clamp(0, 1)
+            hole = m[rows][:, cols][None, None].float()
+            # Rows/cols clamped at the border repeat pixels: drop holes that were cut by it.
+            if int(hole.sum()) < int(m.sum()):
+                continue
+            if R != patch_size:
+                patch = F.interpolate(patch, size=(patch_size, patch_size), mode="area")
+                hole = (F.interpolate(hole, size=(patch_size, patch_size), mode="area") > 0).float()
+            if mask_type == "box":
+                r = torch.nonzero(hole[0, 0].any(1)).flatten()
+                c = torch.nonzero(hole[0, 0].any(0)).flatten()
+                hole = torch.zeros_like(hole)
+                hole[..., int(r[0]) : int(r[-1]) + 1, int(c[0]) : int(c[-1]) + 1] = 1
+            patches.append(patch[0])
+            masks.append(hole[0])
+            index.append(i)
+            diameters.append(d)
+    if not patches:
+        raise ValueError("no nodule patches could be cut from the data")
+    return {
+        "patch": torch.stack(patches),
+        "mask": torch.stack(masks),
+        "image_index": torch.tensor(index),
+        "diameter_px": torch.tensor(diameters),
+    }
+
+
+def split_by_image(pairs: dict[str, torch.Tensor], holdout_fraction: float) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Hold out the last images (all their nodules), never a nodule's own image."""
+    images = pairs["image_index"]
+    n_images = int(images.max()) + 1
+    n_hold = max(1, math.ceil(n_images * holdout_fraction)) if holdout_fraction > 0 else 0
+    held = images >= n_images - n_hold
+    return ({k: v[~held] for k, v in pairs.items()}, {k: v[held] for k, v in pairs.items()})
+
+
+def load_pairs(data: str, cfg: TextureConfig) -> dict[str, torch.Tensor]:
+    """Pairs from a cache (``.pt`` written by this function) or a SimCXR export directory."""
+    path = Path(data)
+    if path.suffix == ".pt":
+        return torch.load(path, weights_only=True)
+    if not path.is_dir():
+        raise FileNotFoundError(f"data={data!r} is neither a SimCXR export directory nor a .pt pairs file")
+    from cxr_nodule_aug.datasets import SimCXRDataset
+
+    dataset = SimCXRDataset(path, with_masks=True, nodules_only=True)
+    return extract_patches(
+        (dataset[i] for i in range(len(dataset))),
+        cfg.patch_size,
+        cfg.max_fill,
+        jitter=cfg.jitter,
+        mask_type=cfg.mask_type,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+
+def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> Path:
+    d = common.setup_distributed(cfg.device)
+    common.seed_everything(cfg.seed, d.rank)
+    out = Path(cfg.out)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "samples").mkdir(exist_ok=True)
+        common.write_config(cfg, out)
+    common.barrier(d)
+
+    if pairs is None:
+        pairs = load_pairs(cfg.data, cfg)
+    train_pairs, held = split_by_image(pairs, cfg.holdout_fraction)
+    if d.is_main:
+        (out / "split.json").write_text(json.dumps({"train_images": sorted(set(train_pairs["image_index"].tolist())), "holdout_images": sorted(set(held["image_index"].tolist())), "train_pairs": len(train_pairs["patch"]), "holdout_pairs": len(held["patch"])}))
+    data = TensorDataset(train_pairs["patch"].float(), train_pairs["mask"].float())
+    sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed))
+
+    G = TextureGenerator(1, cfg.base_width, cfg.num_stages, cfg.patch_size, cfg.mask_type, cfg.max_fill).to(d.device)
+    D = PatchDiscriminator(1, cfg.d_width).to(d.device)
+    perceptual = PerceptualLoss(cfg.backbone).to(d.device) if cfg.w_perceptual > 0 else None
+    Gd, Dd = common.wrap_ddp(G, d), common.wrap_ddp(D, d)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr * cfg.d_lr_ratio, betas=tuple(cfg.betas))
+    drop = lambda step: 1.0 if step < cfg.lr_drop_step else 0.1  # noqa: E731
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, drop)
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, drop)
+    ckpt = out / "checkpoint.pt"
+    step = 0
+    if ckpt.exists():
+        state = common.load_checkpoint(ckpt, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, schedulers={"G": sched_g, "D": sched_d}, map_location=d.device)
+        step = int(state["step"])
+        log.info("resumed from %s at step %d", ckpt, step)
+    n_show = min(8, len(held["patch"])) if len(held["patch"]) else min(8, len(train_pairs["patch"]))
+    show = held if len(held["patch"]) else train_pairs
+    show_patch, show_mask = show["patch"][:n_show].float().to(d.device), show["mask"][:n_show].float().to(d.device)
+    metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
+    batches = common.infinite(loader, sampler, start_epoch=step // max(len(loader), 1))
+
+    G.train()
+    D.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="texture", disable=not d.is_main, dynamic_ncols=True)
+    while step < cfg.steps:
+        gt, mask = (t.to(d.device) for t in next(batches))
+        if torch.rand(1).item() < 0.5:  # left-right flips: anatomy-plausible, doubles the data
+            gt, mask = gt.flip(-1), mask.flip(-1)
+        coarse, fine = Gd(gt, mask)
+        composite = fine * mask + gt * (1 - mask)
+        scores = Dd(torch.cat([gt, composite.detach()]), torch.cat([mask, mask]))
+        loss_d = common.lsgan_d_loss(scores[: len(gt)], scores[len(gt) :])
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+
+        l1c, l1f = F.l1_loss(coarse, gt), F.l1_loss(fine, gt)
+        perc = perceptual(fine, gt) if perceptual is not None else torch.zeros((), device=d.device)
+        adv = common.lsgan_g_loss(Dd(composite, mask))
+        loss_g = cfg.w_l1_coarse * l1c + cfg.w_l1_fine * l1f + cfg.w_perceptual * perc + cfg.w_adversarial * adv
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        sched_g.step()
+        sched_d.step()
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            with torch.no_grad():
+                hole_l1 = ((fine - gt).abs() * mask).sum() / mask.sum().clamp_min(1)
+            vals = {k: common.all_mean(v.detach(), d) for k, v in dict(loss_g=loss_g, loss_d=loss_d, l1_coarse=l1c, l1_fine=l1f, perceptual=perc, adversarial=adv, hole_l1=hole_l1).items()}
+            metrics.write(step, lr=sched_g.get_last_lr()[0], **vals)
+            bar.set_postfix(hole_l1=f"{float(vals['hole_l1']):.4f}")
+        if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
+            G.eval()
+            with torch.no_grad():
+                out_show = G(show_patch, show_mask).fine
+                comp = out_show * show_mask + show_patch * (1 - show_mask)
+                holed = show_patch * (1 - show_mask) + show_mask
+                common.save_grid(torch.cat([holed, comp, show_patch]), out / "samples" / f"step{step:06d}.png", nrow=n_show)
+            G.train()
+        if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            common.save_checkpoint(ckpt, step=step, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, schedulers={"G": sched_g, "D": sched_d})
+    bar.close()
+    if d.is_main:
+        G.eval()
+        G.save_pretrained(out / "model", metadata={"trained_steps": step, "data": str(cfg.data), "train_pairs": len(train_pairs["patch"]), "backbone": cfg.backbone})
+    common.cleanup(d)
+    return out / "model"
