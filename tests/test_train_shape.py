@@ -71,3 +71,37 @@ def test_torchrun_two_cpu_processes(tmp_path):
     subprocess.run(cmd, check=True, env=env, timeout=240)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
     assert (out / "model" / "model.safetensors").exists()
+
+
+def test_export_writes_loadable_weights_with_card(tmp_path):
+    data = write_masks(tmp_path / "masks")
+    out = tmp_path / "run"
+    main(["train", "shape", f"data={data}", f"out={out}", "steps=1", *TINY])
+    assert main(["export", str(out), "--name", "shape", "--weights-dir", str(tmp_path / "weights")]) == 0
+    card = (tmp_path / "weights" / "shape" / "README.md").read_text()
+    assert "SimCXR" in card and "steps: 1" in card and "Limits" in card
+    assert ShapeGenerator.from_pretrained(tmp_path / "weights" / "shape").image_size == 32
+
+
+def test_export_push_to_hub_uses_hf_api(tmp_path, monkeypatch):
+    import cxr_nodule_aug.hub as hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create", repo_id))
+
+        def upload_folder(self, repo_id, folder_path, revision=None, commit_message=""):
+            calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            return "https://example.invalid/commit/1"
+
+    monkeypatch.setattr(hub, "HfApi", FakeApi)
+    data = write_masks(tmp_path / "masks")
+    out = tmp_path / "run"
+    main(["train", "shape", f"data={data}", f"out={out}", "steps=1", *TINY])
+    main(["export", str(out), "--name", "shape", "--weights-dir", str(tmp_path / "w"), "--push-to-hub", "org/shape"])
+    assert calls == [("create", "org/shape"), ("upload", "org/shape", ["README.md", "config.json", "model.safetensors"])]

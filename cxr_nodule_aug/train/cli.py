@@ -16,6 +16,7 @@ from cxr_nodule_aug import __version__
 # name -> (module, one-line help). Later work adds its subcommand here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cxr_nodule_aug.train.commands.train", "train the shape, texture or lung model"),
+    "export": ("cxr_nodule_aug.train.commands.export", "turn a training run into a weights directory with a model card (and push it to the Hub)"),
     "info": ("cxr_nodule_aug.train.commands.info", "show the version, the device and where weights load from"),
     "sim": ("cxr_nodule_aug.train.commands.sim", "export simulated radiographs with 3-D nodules (SimCXR)"),
     "eval": ("cxr_nodule_aug.train.commands.eval", "NODE21 detection metrics (AUC, FROC, score) from a prediction JSON"),

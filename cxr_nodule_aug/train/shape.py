@@ -147,7 +147,7 @@ def train(cfg: ShapeConfig) -> Path:
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            lg, ld = common.all_mean(loss_g, d), common.all_mean(loss_d, d)
+            lg, ld = common.all_mean(loss_g.detach(), d), common.all_mean(loss_d.detach(), d)
             with torch.no_grad():
                 binary = (fake > 0.5).float().mean()
             metrics.write(step, loss_g=lg, loss_d=ld, fake_fill=binary, real_fill=real.mean())
