@@ -1,0 +1,44 @@
+"""NODE21: ``metadata.csv`` (img_name,x,y,width,height,label) + ``.mha`` images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cxr_nodule_aug.datasets._common import AnnotatedImages, check_files, read_csv
+
+
+def parse_node21_metadata(csv_path: str | Path) -> dict[str, np.ndarray]:
+    """img_name -> (N, 4) float32 XYXY boxes (label 1 rows; label 0 rows give no box)."""
+    header, rows = read_csv(csv_path)
+    cols = {h.strip(): i for i, h in enumerate(header)}
+    need = ["img_name", "x", "y", "width", "height", "label"]
+    missing = [c for c in need if c not in cols]
+    if missing:
+        raise ValueError(f"{csv_path}: missing NODE21 columns {missing} (have {list(cols)})")
+    out: dict[str, list] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            name = row[cols["img_name"]]
+            x, y, w, h = (float(row[cols[k]]) for k in ("x", "y", "width", "height"))
+            label = int(float(row[cols["label"]]))
+        except (ValueError, IndexError) as err:
+            raise ValueError(f"{csv_path}:{line}: bad NODE21 row {row}: {err}") from err
+        boxes = out.setdefault(name, [])
+        if label == 1:
+            boxes.append([x, y, x + w, y + h])
+    return {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in out.items()}
+
+
+class Node21Dataset(AnnotatedImages):
+    """NODE21 (``cxr_images/proccessed_data``): ``root/metadata.csv`` and ``root/images/*.mha``."""
+
+    def __init__(self, root: str | Path, transforms: Callable | None = None, csv_name: str = "metadata.csv",
+                 image_dir: str = "images", lung_mask_dir: str | Path | None = None):
+        root = Path(root)
+        ann = parse_node21_metadata(root / csv_name)
+        paths = {k: root / image_dir / k for k in ann}
+        check_files(paths, root / csv_name)
+        super().__init__([(Path(k).stem, paths[k], v) for k, v in sorted(ann.items())], transforms, lung_mask_dir)
