@@ -2,7 +2,7 @@
 
 Layout of ``out``::
 
-    manifest.json            seed, counts, size, shard count, library version, "complete"
+    manifest.json            seed, counts, size, config overrides, library version, "complete"
     images/<name>.png        16-bit radiograph (MONOCHROME2)
     pairs/<name>.png         the same image without its nodules (nodule images only)
     masks/<name>_lung.png    8-bit 0/255 lung field; also _heart
@@ -68,7 +68,8 @@ def manifest_for(seed, normal, nodule, size, shards, config_overrides) -> dict[s
 
     return {
         "format": FORMAT, "library_version": __version__, "seed": int(seed), "normal": int(normal),
-        "nodule": int(nodule), "size": int(size), "shards": int(shards), "config": config_overrides,
+        "nodule": int(nodule), "size": int(size), "config": config_overrides,
+        # No shard count: image i's bytes do not depend on how the work was split.
     }
 
 

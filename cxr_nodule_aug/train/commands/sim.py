@@ -40,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
                       config_overrides=overrides)
     state = "complete" if manifest["complete"] else "incomplete (other shards still missing)"
     print(f"SimCXR export in {args.out}: {state}")
-    print(json.dumps({k: manifest[k] for k in ("seed", "normal", "nodule", "size", "shards")}))
+    print(json.dumps({k: manifest[k] for k in ("seed", "normal", "nodule", "size")}))
     return 0
