@@ -105,3 +105,16 @@ def test_export_push_to_hub_uses_hf_api(tmp_path, monkeypatch):
     main(["train", "shape", f"data={data}", f"out={out}", "steps=1", *TINY])
     main(["export", str(out), "--name", "shape", "--weights-dir", str(tmp_path / "w"), "--push-to-hub", "org/shape"])
     assert calls == [("create", "org/shape"), ("upload", "org/shape", ["README.md", "config.json", "model.safetensors"])]
+
+
+def test_labelled_mask_files_hold_one_nodule_per_value(tmp_path):
+    from cxr_nodule_aug.train.shape import MaskFolder
+
+    labels = np.zeros((64, 64), np.uint8)
+    labels[5:15, 5:15] = 1
+    labels[30:50, 30:45] = 2
+    labels[50:60, 2:8] = 3
+    Image.fromarray(labels).save(tmp_path / "a_nodules.png")
+    Image.fromarray((labels > 0).astype(np.uint8) * 255).save(tmp_path / "a_lung.png")
+    data = MaskFolder(tmp_path, image_size=32, pattern="*_nodules.png")
+    assert len(data) == 3

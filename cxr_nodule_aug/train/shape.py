@@ -1,6 +1,8 @@
 """``cxr-nodule-aug train shape``: the DCGAN + LSGAN shape generator (paper section III-A, IV-B).
 
-Data: any folder of binary nodule masks (PNG, one nodule per file, any size; nonzero = nodule).
+Data: any folder of nodule masks (PNG, any size): a binary file (nonzero = nodule) holds one
+nodule; a labelled file (values 1, 2, ...) holds one nodule per value, as SimCXR's
+``masks/*_nodules.png`` do. ``pattern`` picks the files.
 Each mask is size-modulated to ``norm_diameter_px`` on a ``norm_canvas`` grid, then resized to
 ``image_size`` (the paper: 100 px on 256, then 128 x 128).
 """
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class ShapeConfig:
     data: str = ""
+    pattern: str = "*.png"
     out: str = "runs/shape"
     steps: int = 4000
     batch_size: int = 16
@@ -48,40 +51,45 @@ class ShapeConfig:
     checkpoint_every: int = 250
 
 
-def _read_mask(path: Path) -> torch.Tensor:
+def read_masks(path: Path) -> list[torch.Tensor]:
+    """One bool mask per nodule in a PNG: one for a binary file, one per label value otherwise."""
     from PIL import Image
 
     with Image.open(path) as im:
         arr = np.array(im)
     if arr.ndim == 3:
         arr = arr[..., 0]
-    return torch.from_numpy(arr > 0)
+    values = [v for v in np.unique(arr) if v != 0]
+    if len(values) <= 1:
+        return [torch.from_numpy(arr > 0)] if values else []
+    return [torch.from_numpy(arr == v) for v in values]
 
 
 class MaskFolder(Dataset):
     """Normalised shape masks (1, S, S) float {0, 1} from a folder of PNG masks."""
 
-    def __init__(self, root: str | Path, image_size: int = 128, norm_diameter_px: float = 100.0, norm_canvas: int = 256, augment: bool = True) -> None:
+    def __init__(self, root: str | Path, image_size: int = 128, norm_diameter_px: float = 100.0, norm_canvas: int = 256, augment: bool = True, pattern: str = "*.png") -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"data={str(root)!r} is not a directory of PNG masks")
-        files = sorted(root.rglob("*.png"))
+        files = sorted(root.rglob(pattern))
         if not files:
-            raise FileNotFoundError(f"data={str(root)!r} holds no *.png masks")
-        masks, skipped = [], []
+            raise FileNotFoundError(f"data={str(root)!r} holds no files matching {pattern!r}")
+        masks, skipped, total = [], [], 0
         for f in files:
-            m = _read_mask(f)
-            try:
-                norm = modulate_size(m, norm_diameter_px, canvas=norm_canvas)
-            except ValueError as err:
-                skipped.append(f"{f.name}: {err}")
-                continue
-            small = F.interpolate(norm[None, None].float(), size=(image_size, image_size), mode="area")[0] >= 0.5
-            masks.append(small)
+            for m in read_masks(f):
+                total += 1
+                try:
+                    norm = modulate_size(m, norm_diameter_px, canvas=norm_canvas)
+                except ValueError as err:
+                    skipped.append(f"{f.name}: {err}")
+                    continue
+                small = F.interpolate(norm[None, None].float(), size=(image_size, image_size), mode="area")[0] >= 0.5
+                masks.append(small)
         if skipped:
-            log.warning("skipped %d of %d masks that could not be normalised, e.g. %s", len(skipped), len(files), skipped[0])
+            log.warning("skipped %d of %d masks that could not be normalised, e.g. %s", len(skipped), total, skipped[0])
         if not masks:
-            raise ValueError(f"none of the {len(files)} masks in {root} could be normalised")
+            raise ValueError(f"none of the {total} masks in {root} could be normalised")
         self.masks = torch.stack(masks).float()
         self.augment = augment
         self.files = files
@@ -109,7 +117,7 @@ def train(cfg: ShapeConfig) -> Path:
         common.write_config(cfg, out)
     common.barrier(d)
 
-    data = MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, cfg.augment)
+    data = MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, cfg.augment, cfg.pattern)
     sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
