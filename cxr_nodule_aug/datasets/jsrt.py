@@ -36,15 +36,16 @@ def parse_jsrt_list(path: str | Path) -> list[JSRTNodule]:
     out = []
     with open_text(path) as fh:
         for line_no, line in enumerate(fh, start=1):
-            parts = [p for p in re.split(r"\t+|\s{2,}|\s", line.strip()) if p]
+            sep = r"\t+" if "\t" in line else r"\s+"
+            parts = [p.strip() for p in re.split(sep, line.strip()) if p.strip()]
             if not parts or not parts[0].upper().endswith(".IMG"):
                 continue
             try:
                 subtlety, size = int(parts[1]), float(parts[2])
-                # age may be '?': x, y are the first two integers after the sex field.
-                sex_idx = next(i for i, p in enumerate(parts) if p.lower() in ("male", "female", "?") and i >= 3)
-                x, y = float(parts[sex_idx + 1]), float(parts[sex_idx + 2])
-            except (ValueError, IndexError, StopIteration) as err:
+                # Fixed columns: file, subtlety, size, age (may be '?'), sex, x, y, diagnosis...
+                sex_idx = 4
+                x, y = float(parts[5]), float(parts[6])
+            except (ValueError, IndexError) as err:
                 raise ValueError(f"{path}:{line_no}: bad JSRT nodule row {line.strip()!r}") from err
             out.append(JSRTNodule(parts[0], subtlety, size, x, y, " ".join(parts[sex_idx + 3 :])))
     return out
