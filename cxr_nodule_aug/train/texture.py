@@ -160,7 +160,7 @@ def load_pairs(data: str, cfg: TextureConfig) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"data={data!r} is neither a SimCXR export directory nor a .pt pairs file")
     from cxr_nodule_aug.datasets import SimCXRDataset
 
-    dataset = SimCXRDataset(path, with_masks=True, nodules_only=True)
+    dataset = SimCXRDataset(path, subset="nodule")
     return extract_patches(
         (dataset[i] for i in range(len(dataset))),
         cfg.patch_size,
