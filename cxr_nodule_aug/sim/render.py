@@ -63,7 +63,7 @@ class RenderConfig:
     elastic_mm: tuple[float, float] = (0.0, 5.0)  # std of the smooth random displacement
     energy_kev: tuple[float, float] = (50.0, 70.0)
     scatter_fraction: tuple[float, float] = (0.05, 0.3)
-    photons_per_pixel: tuple[float, float] = (3e3, 3e4)
+    photons_per_pixel: tuple[float, float] = (3e3, 3e4)  # per 0.65 mm pixel, unattenuated
     window_low_quantile: tuple[float, float] = (0.0, 0.08)  # of the lung field: black level
     unsharp_gain: tuple[float, float] = (0.3, 1.2)
     unsharp_sigma_mm: tuple[float, float] = (6.0, 20.0)
@@ -151,14 +151,19 @@ class RenderResult:
 class _Volume:
     """A (1, C, K, J, I) tensor for ``grid_sample`` with the CT-frame box it covers."""
 
-    def __init__(self, data: np.ndarray, spacing_mm: np.ndarray, ct_extent_mm: np.ndarray, factor: int):
-        # data: (C, I, J, K). Average-pool x and y by ``factor``, padding with zeros (air, no label).
-        c, ni, nj, nk = data.shape
-        pi, pj = (-ni) % factor, (-nj) % factor
-        if pi or pj:
-            data = np.pad(data, ((0, 0), (0, pi), (0, pj), (0, 0)))
-        t = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 2, 1)))[None]  # (1,C,K,J,I)
-        self.data = F.avg_pool3d(t, (1, factor, factor)) if factor > 1 else t
+    def __init__(self, channels, spacing_mm: np.ndarray, ct_extent_mm: np.ndarray, factor: int):
+        # channels: iterable of (I, J, K) arrays (or callables making one, to bound memory).
+        # Each is average-pooled over x and y by ``factor``, padded with zeros (air, no label).
+        pooled = []
+        for ch in channels:
+            arr = ch() if callable(ch) else ch
+            ni, nj, nk = arr.shape
+            pi, pj = (-ni) % factor, (-nj) % factor
+            if pi or pj:
+                arr = np.pad(arr, ((0, pi), (0, pj), (0, 0)))
+            arr = arr.reshape((ni + pi) // factor, factor, (nj + pj) // factor, factor, nk)
+            pooled.append(arr.mean(axis=(1, 3), dtype=np.float32).transpose(2, 1, 0))  # (K, J', I')
+        self.data = torch.from_numpy(np.ascontiguousarray(np.stack(pooled)))[None]  # (1, C, K, J, I)
         self.origin = torch.tensor(-ct_extent_mm / 2, dtype=torch.float64)
         self.length = torch.tensor(np.array([ni + pi, nj + pj, nk]) * spacing_mm, dtype=torch.float64)
 
@@ -183,20 +188,23 @@ class _Prepared:
         spacing = np.array(ct.spacing_mm, dtype=np.float64)
         self.extent = torch.tensor(ct.extent_mm, dtype=torch.float64)
         soft, bone = physics.hu_to_basis(ct.hu)
-        self.basis = _Volume(np.stack([soft, bone]), spacing, ct.extent_mm, downsample)
+        self.basis = _Volume([soft, bone], spacing, ct.extent_mm, downsample)
         del soft, bone
         self.label_names = ["lung", "heart", "abdomen", "bone"]
-        lab = np.stack([ct.group_mask(g) for g in self.label_names]).astype(np.float32)
-        self.labels = _Volume(lab, spacing, ct.extent_mm, label_downsample)
-        self.lung = lab[0] > 0  # (I,J,K) bool, for the exact "inside the lungs" test
-        del lab
+        self.lung = ct.group_mask("lung")  # (I,J,K) bool, for the exact "inside the lungs" test
+        self.labels = _Volume([self.lung] + [(lambda g=g: ct.group_mask(g)) for g in self.label_names[1:]],
+                              spacing, ct.extent_mm, label_downsample)
         # Distance (mm) to the lung border on a coarse grid, to propose nodule centres quickly.
         self.edt_step = np.array([4, 4, 1])
         self.edt_spacing = spacing * self.edt_step
         self.edt = ndimage.distance_transform_edt(self.lung[::4, ::4, :], sampling=self.edt_spacing).astype(np.float32)
-        idx = np.argwhere(self.lung)
-        self.lung_apex_z_mm = float((idx[:, 2].max() + 1) * spacing[2] - ct.extent_mm[2] / 2)
-        self.lung_box_mm = np.stack([idx.min(0), idx.max(0) + 1]) * spacing - ct.extent_mm / 2
+        lo_hi = []
+        for axis in range(3):
+            hit = np.nonzero(self.lung.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+            lo_hi.append((hit.min(), hit.max() + 1))
+        box = np.array(lo_hi, dtype=np.float64).T  # (2, 3) voxel bounds
+        self.lung_box_mm = box * spacing - ct.extent_mm / 2
+        self.lung_apex_z_mm = float(self.lung_box_mm[1, 2])
         # Anterior-posterior range of the body: rays are only sampled there.
         body_j = np.nonzero((ct.hu > -500).any(axis=(0, 2)))[0]
         if len(body_j) == 0:
@@ -558,9 +566,12 @@ class _Processing:
         sf = p["scatter_fraction"]
         scatter = _gauss(primary, 40.0 / self.du)  # scatter is spatially very smooth
         signal = (1 - sf) * primary + sf * scatter
-        counts = p["photons_per_pixel"] * signal
+        # photons_per_pixel is per 0.65 mm detector pixel: scale to this pixel's area, so a smaller
+        # render of the same exposure is less noisy per pixel.
+        n0 = p["photons_per_pixel"] * (self.du / 0.65) ** 2
+        counts = n0 * signal
         counts = torch.clamp(counts + torch.sqrt(counts) * noise, min=1.0)
-        logimg = -torch.log(counts / p["photons_per_pixel"])
+        logimg = -torch.log(counts / n0)
         if lo_hi is None:  # window from the nodule-free image, reused for its pair
             lung = logimg[self.lung_field]
             lung = lung[:: max(1, lung.numel() // 20000)] if lung.numel() else logimg.flatten()
@@ -570,8 +581,16 @@ class _Processing:
         lo, hi = lo_hi
         v = (logimg - lo) / max(hi - lo, 1e-6)
         v = v + p["unsharp_gain"] * (v - _gauss(v, p["unsharp_sigma_mm"] / self.du))
-        v = torch.clamp(v, 0.0, 1.0) ** p["gamma"]
+        v = _soft_clip(v) ** p["gamma"]
         return v.float().contiguous(), lo_hi
+
+
+def _soft_clip(v: torch.Tensor, t: float = 0.08) -> torch.Tensor:
+    """Map to (0, 1) with exponential toe and shoulder of width ``t``: strictly increasing, so a
+    nodule never vanishes into a clipped black or white region."""
+    low = t * torch.exp((torch.clamp(v, max=t) - t) / t)
+    high = 1 - t * torch.exp(-(torch.clamp(v, min=1 - t) - (1 - t)) / t)
+    return torch.where(v < t, low, torch.where(v > 1 - t, high, v))
 
 
 def _record(i, q, mask, img, free, lung_field, du) -> NoduleRecord:
