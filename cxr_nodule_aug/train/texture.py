@@ -182,7 +182,13 @@ def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> P
     common.barrier(d)
 
     if pairs is None:
-        pairs = load_pairs(cfg.data, cfg)
+        cache = out / "pairs.pt"
+        if cache.exists():  # resuming: the same pairs, without re-reading the images
+            pairs = torch.load(cache, weights_only=True)
+        else:
+            pairs = load_pairs(cfg.data, cfg)
+            if d.is_main:
+                torch.save(pairs, cache)
     train_pairs, held = split_by_image(pairs, cfg.holdout_fraction)
     if d.is_main:
         (out / "split.json").write_text(json.dumps({"train_images": sorted(set(train_pairs["image_index"].tolist())), "holdout_images": sorted(set(held["image_index"].tolist())), "train_pairs": len(train_pairs["patch"]), "holdout_pairs": len(held["patch"])}))

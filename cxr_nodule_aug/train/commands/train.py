@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+from pathlib import Path
 
 TASKS = {
     "shape": ("cxr_nodule_aug.train.shape", "ShapeConfig"),
@@ -20,7 +21,7 @@ TASKS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=sorted(TASKS), help="which model to train")
-    parser.add_argument("--config", default=None, help="YAML file with config values")
+    parser.add_argument("--config", default=None, help="YAML file with config values, or the name of a bundled one (e.g. texture-cpu, texture-paper)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=2000 out=runs/x")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
@@ -31,8 +32,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module_name, config_name = TASKS[args.task]
     module = importlib.import_module(module_name)
+    config = args.config
+    if config is not None and not Path(config).exists():
+        bundled = Path(__file__).resolve().parent.parent / "configs" / f"{config}.yaml"
+        if not bundled.exists():
+            names = sorted(p.stem for p in bundled.parent.glob("*.yaml"))
+            raise SystemExit(f"--config {config!r} is neither a file nor a bundled config ({', '.join(names)})")
+        config = bundled
     try:
-        cfg = resolve_config(getattr(module, config_name), args.config, args.overrides)
+        cfg = resolve_config(getattr(module, config_name), config, args.overrides)
     except ValueError as err:
         raise SystemExit(f"cxr-nodule-aug train {args.task}: {err}") from None
     if args.print_config:
