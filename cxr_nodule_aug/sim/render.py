@@ -454,6 +454,30 @@ class SimCXR:
         out = _splat(vals, col.float(), row.float(), size)
         return out[:2], out[2]
 
+    def _insert(self, params_, nrng, pose, p, placed, lung_field, lung_np, size):
+        """Place one nodule and splat it: (params, world centre, delta (2,H,W), 2-D mask)."""
+        c = self.config
+        for _attempt in range(30):
+            centre = self._place_nodule(params_, nrng, pose, p, placed, lung_np, size)
+            out = self._nodule_integrals(params_, centre, pose, p, size)
+            if out is not None:
+                d, chord = out
+                mask = chord >= c.mask_fraction * chord.max()
+                frac = float((mask & lung_field).sum()) / max(int(mask.sum()), 1)
+                # Mostly hidden behind the heart or diaphragm: place it elsewhere.
+                if params_.center_mm is not None or frac >= c.min_lung_field_fraction:
+                    break
+            elif params_.center_mm is not None:
+                raise NoduleDoesNotFitError(
+                    f"nodule at center_mm={params_.center_mm} (diameter_mm={params_.diameter_mm:.1f}) "
+                    "is not entirely inside the lungs"
+                )
+        else:
+            raise NoduleDoesNotFitError(
+                f"nodule of diameter_mm={params_.diameter_mm:.1f} did not fit in the lungs after 30 placements"
+            )
+        return params_, centre, d, mask
+
     # ------------------------------------------------------------------ main
     def render(
         self,
@@ -496,7 +520,8 @@ class SimCXR:
 
         # Nodules.
         nrng = np.random.default_rng(p["nodule_seed"])
-        if nodules is None:
+        random_nodules = nodules is None
+        if random_nodules:
             if n_nodules is None:
                 n_nodules = int(nrng.integers(c.nodules_per_image[0], c.nodules_per_image[1] + 1))
             nodules = [c.nodules(nrng) for _ in range(n_nodules)]
@@ -505,25 +530,22 @@ class SimCXR:
         chords = []
         lung_np = lung_field.numpy()
         for params_ in nodules:
-            for _attempt in range(30):
-                centre = self._place_nodule(params_, nrng, pose, p, placed, lung_np, size)
-                out = self._nodule_integrals(params_, centre, pose, p, size)
-                if out is not None:
-                    d, chord = out
-                    mask = chord >= c.mask_fraction * chord.max()
-                    frac = float((mask & lung_field).sum()) / max(int(mask.sum()), 1)
-                    # Mostly hidden behind the heart or diaphragm: place it elsewhere.
-                    if params_.center_mm is not None or frac >= c.min_lung_field_fraction:
+            try:
+                params_, centre, d, mask = self._insert(params_, nrng, pose, p, placed, lung_field, lung_np, size)
+            except NoduleDoesNotFitError:
+                if not random_nodules:
+                    raise
+                # A random nodule that does not fit (too large for the space left): draw another
+                # one, reproducibly, rather than return fewer nodules than asked for.
+                for _redraw in range(20):
+                    try:
+                        params_, centre, d, mask = self._insert(
+                            c.nodules(nrng), nrng, pose, p, placed, lung_field, lung_np, size)
                         break
-                elif params_.center_mm is not None:
-                    raise NoduleDoesNotFitError(
-                        f"nodule at center_mm={params_.center_mm} (diameter_mm={params_.diameter_mm:.1f}) "
-                        "is not entirely inside the lungs"
-                    )
-            else:
-                raise NoduleDoesNotFitError(
-                    f"nodule of diameter_mm={params_.diameter_mm:.1f} did not fit in the lungs after 30 placements"
-                )
+                    except NoduleDoesNotFitError:
+                        continue
+                else:
+                    raise
             col, row, mag, _ = self._project_points(torch.from_numpy(centre[None]), p, size)
             placed.append({"center": centre, "extent": params_.extent_mm, "col": float(col[0]),
                            "row": float(row[0]), "rad_px": params_.extent_mm * float(mag[0]) / du,
