@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     sub_parser = argparse.ArgumentParser(prog=f"cxr-nodule-aug {name}", description=COMMANDS[name][1])
     module.add_arguments(sub_parser)
-    args = sub_parser.parse_args(argv[1:])
+    args = sub_parser.parse_intermixed_args(argv[1:])
     return int(module.run(args) or 0)
 
 

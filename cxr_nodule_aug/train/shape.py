@@ -143,8 +143,9 @@ def train(cfg: ShapeConfig) -> Path:
         real = next(batches).to(d.device)
         z = torch.randn(real.shape[0], cfg.latent_dim, device=d.device)
         fake = Gd(z)
-        scores = Dd(torch.cat([real, fake.detach()]))
-        loss_d = common.lsgan_d_loss(scores[: len(real)], scores[len(real) :])
+        # Real and fake in separate batches: with BatchNorm in D, a mixed batch would let D
+        # judge by batch statistics that the generator step (fake only) never shows it.
+        loss_d = common.lsgan_d_loss(Dd(real), Dd(fake.detach()))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()

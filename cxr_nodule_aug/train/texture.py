@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
+from cxr_nodule_aug.baselines.partial_conv import PartialConvUNet
 from cxr_nodule_aug.eval.features import feature_extractor
 from cxr_nodule_aug.functional.insertion import region_side
 from cxr_nodule_aug.functional.intensity import to_working
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 class TextureConfig:
     data: str = ""
     out: str = "runs/texture"
+    generator: str = "gated"  # "gated" (the paper) or "partial_conv" (the Syn&Select baseline)
     steps: int = 6000
     lr_drop_step: int = 4500
     batch_size: int = 8
@@ -196,7 +198,10 @@ def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> P
     sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed))
 
-    G = TextureGenerator(1, cfg.base_width, cfg.num_stages, cfg.patch_size, cfg.mask_type, cfg.max_fill).to(d.device)
+    generators = {"gated": TextureGenerator, "partial_conv": PartialConvUNet}
+    if cfg.generator not in generators:
+        raise ValueError(f"generator must be one of {sorted(generators)}, got {cfg.generator!r}")
+    G = generators[cfg.generator](1, cfg.base_width, cfg.num_stages, cfg.patch_size, cfg.mask_type, cfg.max_fill).to(d.device)
     D = PatchDiscriminator(1, cfg.d_width).to(d.device)
     perceptual = PerceptualLoss(cfg.backbone).to(d.device) if cfg.w_perceptual > 0 else None
     Gd, Dd = common.wrap_ddp(G, d), common.wrap_ddp(D, d)

@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from cxr_nodule_aug.functional.insertion import InsertionResult, insert_nodules
 from cxr_nodule_aug.functional.intensity import check_image, to_working
-from cxr_nodule_aug.hub import default_weights_dir, parse_source
+from cxr_nodule_aug.hub import default_weights_dir, load_model, parse_source
 from cxr_nodule_aug.models.lung import LungSegmenter
 from cxr_nodule_aug.models.shape import ShapeGenerator
 from cxr_nodule_aug.models.texture import TextureGenerator
@@ -25,16 +25,22 @@ from cxr_nodule_aug.transforms._sample import ParsedSample, parse_sample, rebuil
 
 _AXIS_ALIGNED = (tv_tensors.BoundingBoxFormat.XYXY, tv_tensors.BoundingBoxFormat.XYWH, tv_tensors.BoundingBoxFormat.CXCYWH)
 
+_INPAINTER_ATTRS = ("patch_size", "mask_type", "max_fill")
+
 ModelSpec = nn.Module | str | os.PathLike | None
 
 
 def _load(spec: ModelSpec, cls: type, weights: str | os.PathLike | None, subfolder: str, required: bool) -> nn.Module | None:
     if isinstance(spec, nn.Module):
-        if not isinstance(spec, cls):
-            raise TypeError(f"{subfolder}_model must be a {cls.__name__}, got {type(spec).__name__}")
+        # Any inpainter with TextureGenerator's contract works (baselines included).
+        contract = _INPAINTER_ATTRS if cls is TextureGenerator else ()
+        if not isinstance(spec, cls) and not all(hasattr(spec, a) for a in contract or ("-",)):
+            raise TypeError(f"{subfolder}_model must be a {cls.__name__}{' or an inpainter with ' + ', '.join(contract) if contract else ''}, got {type(spec).__name__}")
         return spec.eval()
+    # A texture source may hold any inpainter (config.json names its class).
+    loader = load_model if cls is TextureGenerator else cls.from_pretrained
     if spec is not None:
-        return cls.from_pretrained(spec)
+        return loader(spec)
     if weights is None:
         weights = default_weights_dir()
     if weights is None:
@@ -49,7 +55,7 @@ def _load(spec: ModelSpec, cls: type, weights: str | os.PathLike | None, subfold
         if required:
             raise ValueError(f"weights directory {str(path)!r} has no '{subfolder}/' model; pass {subfolder}_model=...")
         return None
-    return cls.from_pretrained(weights, subfolder=subfolder)
+    return loader(weights, subfolder=subfolder)
 
 
 class NoduleTransformBase(v2.Transform):
