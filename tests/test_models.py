@@ -172,3 +172,16 @@ def test_hub_source_from_a_fake_cache_offline(tmp_path, monkeypatch):
 def test_default_weights_dir_env(tmp_path, monkeypatch):
     monkeypatch.setenv(hub.WEIGHTS_ENV, str(tmp_path))
     assert hub.default_weights_dir() == Path(tmp_path)
+
+
+def test_binarize_fills_holes_and_drops_speckle():
+    from cxr_nodule_aug.models.shape import binarize_shapes
+
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    disc = ((yy - 16) ** 2 + (xx - 16) ** 2) <= 64
+    noisy = disc.clone()
+    noisy[16, 16] = noisy[14, 18] = False  # holes inside
+    noisy[2, 2] = True  # a stray pixel outside
+    out = binarize_shapes(noisy[None].float())[0]
+    assert not out[2, 2] and out[16, 16] and out[14, 18]
+    assert (out ^ disc).sum() <= 8  # edges may move by a pixel, no more

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cxr_nodule_aug.hub import PretrainedMixin
@@ -62,7 +63,28 @@ class ShapeGenerator(PretrainedMixin, nn.Module):
         """Binary shape masks (B, S, S) bool, one per seed, reproducible from the seeds."""
         device = torch.device(device) if device is not None else next(self.parameters()).device
         z = self.latent_from_seeds(seeds).to(device)
-        return self(z)[:, 0] > 0.5
+        return binarize_shapes(self(z)[:, 0])
+
+
+def binarize_shapes(prob: torch.Tensor) -> torch.Tensor:
+    """Shape probabilities (B, S, S) -> solid binary masks (B, S, S) bool.
+
+    A 3 x 3 mean before the 0.5 threshold removes the isolated pixels and ragged edges that
+    transposed convolutions leave, and enclosed holes are filled: a nodule's mask is one solid
+    region, which is also what size modulation measures.
+    """
+    x = F.avg_pool2d(prob[:, None].float(), 3, stride=1, padding=1, count_include_pad=False)[:, 0] > 0.5
+    background = ~x
+    outside = torch.zeros_like(x)
+    outside[:, 0, :] = outside[:, -1, :] = True
+    outside[:, :, 0] = outside[:, :, -1] = True
+    outside &= background
+    for _ in range(x.shape[-1] * 2):  # flood fill of the background from the border
+        grown = F.max_pool2d(outside[:, None].float(), 3, stride=1, padding=1)[:, 0].bool() & background
+        if torch.equal(grown, outside):
+            break
+        outside = grown
+    return ~outside
 
 
 class ShapeDiscriminator(PretrainedMixin, nn.Module):

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from cxr_nodule_aug.functional.size import modulate_size
-from cxr_nodule_aug.models.shape import ShapeDiscriminator, ShapeGenerator
+from cxr_nodule_aug.models.shape import ShapeDiscriminator, ShapeGenerator, binarize_shapes
 from cxr_nodule_aug.train import common
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def train(cfg: ShapeConfig) -> Path:
         if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
             G.eval()
             with torch.no_grad():
-                common.save_grid((G(fixed_z) > 0.5).float(), out / "samples" / f"step{step:06d}.png")
+                common.save_grid(binarize_shapes(G(fixed_z)[:, 0])[:, None].float(), out / "samples" / f"step{step:06d}.png")
             G.train()
         if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             common.save_checkpoint(ckpt, step=step, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
