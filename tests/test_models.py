@@ -185,3 +185,15 @@ def test_binarize_fills_holes_and_drops_speckle():
     out = binarize_shapes(noisy[None].float())[0]
     assert not out[2, 2] and out[16, 16] and out[14, 18]
     assert (out ^ disc).sum() <= 8  # edges may move by a pixel, no more
+
+
+def test_largest_components_keeps_the_two_lungs():
+    from cxr_nodule_aug.models.lung import largest_components
+
+    m = torch.zeros(40, 40, dtype=torch.bool)
+    m[5:35, 3:15] = True  # right lung
+    m[5:35, 22:36] = True  # left lung
+    m[0:2, 38:40] = True  # a speck outside the body
+    m[20, 18] = True
+    out = largest_components(m, keep=2, min_fraction=0.1)
+    assert out[10, 5] and out[10, 30] and not out[0, 39] and not out[20, 18]

@@ -52,3 +52,32 @@ class LungSegmenter(PretrainedMixin, nn.Module):
         small = F.interpolate(image.float(), size=(self.input_size, self.input_size), mode="area")
         prob = torch.sigmoid(self(small))
         return F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+
+    @torch.inference_mode()
+    def predict_mask(self, image: torch.Tensor, keep_components: int = 2, min_fraction: float = 0.1) -> torch.Tensor:
+        """Lung mask (B, H, W) bool: thresholded at 0.5 at the model's resolution, keeping the
+        ``keep_components`` largest connected regions (the two lungs) and dropping any smaller
+        than ``min_fraction`` of the largest, then resized to the image."""
+        h, w = image.shape[-2:]
+        small = F.interpolate(image.float(), size=(self.input_size, self.input_size), mode="area")
+        mask = torch.sigmoid(self(small))[:, 0] > 0.5
+        mask = torch.stack([largest_components(m, keep_components, min_fraction) for m in mask])
+        return F.interpolate(mask[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0] >= 0.5
+
+
+def largest_components(mask: torch.Tensor, keep: int, min_fraction: float = 0.0) -> torch.Tensor:
+    """The ``keep`` largest 8-connected regions of an (H, W) bool mask (label propagation)."""
+    if not mask.any():
+        return mask
+    h, w = mask.shape
+    labels = torch.arange(1, h * w + 1, dtype=torch.float32, device=mask.device).reshape(h, w) * mask
+    for _ in range(h * w):
+        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    ids, counts = torch.unique(labels[mask], return_counts=True)
+    order = torch.argsort(counts, descending=True)[:keep]
+    kept = ids[order][counts[order] >= min_fraction * counts[order[0]]]
+    return torch.isin(labels, kept) & mask
+

@@ -136,7 +136,7 @@ class NoduleTransformBase(v2.Transform):
             )
         self._models_to(device)
         gray, _, _ = to_working(image.to(device))
-        mask = self.lung_model.predict(gray.clamp(0, 1)[None, None])[0] > 0.5
+        mask = self.lung_model.predict_mask(gray.clamp(0, 1)[None, None])[0]
         if not mask.any():
             raise ValueError("the lung model found no lung in this image; pass a lung mask in the target")
         return mask
