@@ -136,6 +136,19 @@ def cleanup(d: Dist) -> None:
         dist.destroy_process_group()
 
 
+def start_run(cfg: Any) -> tuple[Dist, Path]:
+    """Distributed set-up, seeds, ``<out>/samples`` and ``<out>/config.yaml``: every trainer's
+    first lines. ``cfg`` needs ``device``, ``seed`` and ``out``."""
+    d = setup_distributed(cfg.device)
+    seed_everything(cfg.seed, d.rank)
+    out = Path(cfg.out)
+    if d.is_main:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        write_config(cfg, out)
+    barrier(d)
+    return d, out
+
+
 # --- seeding -----------------------------------------------------------------------------------
 def seed_everything(seed: int, rank: int = 0) -> torch.Generator:
     """Seed python, numpy and torch (different per rank); returns a CPU generator for data."""

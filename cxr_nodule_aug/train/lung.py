@@ -112,14 +112,7 @@ def load_samples(data: str) -> list[tuple[torch.Tensor, dict[str, Any]]]:
 
 
 def train(cfg: LungConfig, samples: list[tuple[torch.Tensor, dict[str, Any]]] | None = None) -> Path:
-    d = common.setup_distributed(cfg.device)
-    common.seed_everything(cfg.seed, d.rank)
-    out = Path(cfg.out)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "samples").mkdir(exist_ok=True)
-        common.write_config(cfg, out)
-    common.barrier(d)
+    d, out = common.start_run(cfg)
     if samples is None:
         samples = load_samples(cfg.data)
     images, masks = prepare_pairs(samples, cfg.input_size)

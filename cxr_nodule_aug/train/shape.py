@@ -108,14 +108,7 @@ class MaskFolder(Dataset):
 
 
 def train(cfg: ShapeConfig) -> Path:
-    d = common.setup_distributed(cfg.device)
-    common.seed_everything(cfg.seed, d.rank)
-    out = Path(cfg.out)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "samples").mkdir(exist_ok=True)
-        common.write_config(cfg, out)
-    common.barrier(d)
+    d, out = common.start_run(cfg)
 
     data = MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, cfg.augment, cfg.pattern)
     sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None

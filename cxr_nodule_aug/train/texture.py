@@ -183,14 +183,7 @@ def load_pairs(data: str, cfg: TextureConfig) -> dict[str, torch.Tensor]:
 
 
 def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> Path:
-    d = common.setup_distributed(cfg.device)
-    common.seed_everything(cfg.seed, d.rank)
-    out = Path(cfg.out)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "samples").mkdir(exist_ok=True)
-        common.write_config(cfg, out)
-    common.barrier(d)
+    d, out = common.start_run(cfg)
 
     if pairs is None:
         cache = out / "pairs.pt"
