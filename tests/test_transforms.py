@@ -306,3 +306,21 @@ def test_cuda_image_stays_on_cuda_and_matches_cpu_geometry():
     cpu_image, cpu_target = make_tf()(tv_tensors.Image(make_image()), make_target())
     assert out_target["nodules"][0].center_xy == cpu_target["nodules"][0].center_xy
     assert (out_image.cpu().float() - cpu_image.float()).abs().max() <= 2
+
+
+def test_batch_path_matches_the_per_sample_path():
+    samples = [(tv_tensors.Image(make_image(torch.uint16, seed=i)), make_target(masks=True)) for i in range(3)]
+    samples.append({"image": tv_tensors.Image(make_image(torch.float32, seed=9)), **make_target()})
+    per_sample_tf = make_tf(num_nodules=(0, 3), p=0.8, generator=torch.Generator().manual_seed(4))
+    batch_tf = make_tf(num_nodules=(0, 3), p=0.8, generator=torch.Generator().manual_seed(4))
+    expected = [per_sample_tf(s) if isinstance(s, dict) else per_sample_tf(*s) for s in samples]
+    got = batch_tf.batch(samples)
+    assert len(got) == len(expected)
+    for e, g in zip(expected, got):
+        e_img, e_tgt = (e["image"], e) if isinstance(e, dict) else e
+        g_img, g_tgt = (g["image"], g) if isinstance(g, dict) else g
+        assert type(g_img) is type(e_img) and g_img.dtype == e_img.dtype
+        assert (g_img.float() - e_img.float()).abs().max() <= (1 if not e_img.is_floating_point() else 1e-4)
+        assert torch.equal(g_tgt["boxes"], e_tgt["boxes"]) and torch.equal(g_tgt["labels"], e_tgt["labels"])
+        assert g_tgt["nodules"] == e_tgt["nodules"]
+    assert sum(len(t["nodules"]) for t in (x if isinstance(x, dict) else x[1] for x in got)) > 0

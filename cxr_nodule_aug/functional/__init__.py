@@ -3,7 +3,7 @@
 Functional core, thin classes: the transforms hold configuration and randomness only.
 """
 
-from cxr_nodule_aug.functional.insertion import InsertionResult, insert_nodules, nodule_footprints, place_nodules, region_side
+from cxr_nodule_aug.functional.insertion import InsertionResult, insert_nodules, insert_nodules_batch, nodule_footprints, place_nodules, region_side, run_texture
 from cxr_nodule_aug.functional.intensity import check_image, from_working, to_working, value_limits
 from cxr_nodule_aug.functional.placement import PlacementError, sample_centre, valid_centres
 from cxr_nodule_aug.functional.size import ellipse_axes, equivalent_diameter, modulate_size
@@ -16,10 +16,12 @@ __all__ = [
     "equivalent_diameter",
     "from_working",
     "insert_nodules",
+    "insert_nodules_batch",
     "modulate_size",
     "nodule_footprints",
     "place_nodules",
     "region_side",
+    "run_texture",
     "sample_centre",
     "to_working",
     "valid_centres",

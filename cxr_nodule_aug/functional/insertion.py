@@ -86,37 +86,29 @@ def _index(start: int, size: int, limit: int, device: torch.device) -> torch.Ten
     return (torch.arange(start, start + size, device=device)).clamp_(0, limit - 1)
 
 
-def insert_nodules(
-    image: torch.Tensor,
-    records: list[NoduleRecord],
-    shape_model: ShapeGenerator,
-    texture_model: TextureGenerator,
-    *,
-    footprints: list[torch.Tensor] | None = None,
-) -> InsertionResult:
-    """Insert one nodule per record into ``image``; the input is not modified.
+@dataclass
+class _Cut:
+    """One image's patches, cut and ready for the texture model."""
 
-    Args:
-        image: (C, H, W), C in {1, 3}; uint8, int16, uint16, int32 or float, any device.
-        records: where, how large, which shape (seed) and how conspicuous.
-        shape_model, texture_model: the generators (moved to ``image.device`` by the caller).
-        footprints: precomputed :func:`nodule_footprints` for these records (saves a second
-            shape generation when the caller already placed them).
+    image: torch.Tensor
+    records: list[NoduleRecord]
+    gray: torch.Tensor
+    lo: float
+    hi: float
+    patches: torch.Tensor  # (N, 1, P, P)
+    holes: torch.Tensor  # (N, 1, P, P)
+    regions: list[tuple[int, int, int, torch.Tensor, torch.Tensor]]  # (oy, ox, R, footprint, region)
 
-    All texture patches of the image go through the texture model in one batch.
-    """
+
+def _cut(image: torch.Tensor, records: list[NoduleRecord], shape_model: ShapeGenerator, texture_model: TextureGenerator, footprints: list[torch.Tensor] | None) -> _Cut:
     check_image(image)
     device = image.device
     _, H, W = image.shape
-    n = len(records)
-    if n == 0:
-        return InsertionResult(image.clone(), torch.zeros(0, H, W, dtype=torch.bool, device=device), torch.zeros(0, 4, device=device), [])
     P, max_fill = texture_model.patch_size, texture_model.max_fill
     if footprints is None:
         shapes = shape_model.generate([r.seed for r in records], device=device)
         footprints = nodule_footprints(shapes, [r.diameter_px for r in records], P, max_fill)
     gray, lo, hi = to_working(image)
-
     patches, holes, regions = [], [], []
     for rec, fp in zip(records, footprints):
         R = fp.shape[0]
@@ -137,17 +129,30 @@ def insert_nodules(
             hole = (F.interpolate(hole, size=(P, P), mode="area") > 0).float()
         patches.append(patch)
         holes.append(hole)
+    empty = torch.zeros(0, 1, P, P, device=device)
+    return _Cut(image, records, gray, lo, hi, torch.cat(patches) if patches else empty, torch.cat(holes) if holes else empty, regions)
 
+
+def run_texture(texture_model: TextureGenerator, patches: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+    """One texture-model call: (N, 1, P, P) patches and holes -> (N, 1, P, P) float32 output."""
+    if len(patches) == 0:
+        return patches.float()
     with torch.inference_mode():
         model_dtype = next(texture_model.parameters()).dtype
-        fine = texture_model(torch.cat(patches).to(model_dtype), torch.cat(holes).to(model_dtype)).fine.float()
+        return texture_model(patches.to(model_dtype), holes.to(model_dtype)).fine.float()
 
+
+def _paste(cut: _Cut, fine: torch.Tensor, patch_size: int) -> InsertionResult:
+    image, records = cut.image, cut.records
+    device = image.device
+    _, H, W = image.shape
+    n = len(records)
     delta = torch.zeros(H, W, device=device)
     masks = torch.zeros(n, H, W, dtype=torch.bool, device=device)
     boxes, out_records = [], []
-    for i, (rec, (oy, ox, R, fp, region)) in enumerate(zip(records, regions)):
+    for i, (rec, (oy, ox, R, fp, region)) in enumerate(zip(records, cut.regions)):
         gen = fine[i : i + 1]
-        if R != P:
+        if R != patch_size:
             gen = F.interpolate(gen, size=(R, R), mode="bilinear", align_corners=False)
         change = rec.contrast * (gen[0, 0] - region) * fp
         # Crop the canvas to the image (the footprint itself is always inside: it is in the lung).
@@ -161,5 +166,53 @@ def insert_nodules(
             raise PlacementError(f"nodule {i} at center_xy={rec.center_xy} does not lie inside the {H}x{W} image")
         boxes.append(box)
         out_records.append(rec.replace(box_xyxy=box, measured_diameter_px=round(float(equivalent_diameter(fp)), 3)))
-    out = from_working(image, delta, lo, hi)
-    return InsertionResult(out, masks, torch.tensor(boxes, dtype=torch.float32, device=device), out_records)
+    out = from_working(image, delta, cut.lo, cut.hi) if n else image.clone()
+    return InsertionResult(out, masks, torch.tensor(boxes, dtype=torch.float32, device=device).reshape(-1, 4), out_records)
+
+
+def insert_nodules(
+    image: torch.Tensor,
+    records: list[NoduleRecord],
+    shape_model: ShapeGenerator,
+    texture_model: TextureGenerator,
+    *,
+    footprints: list[torch.Tensor] | None = None,
+) -> InsertionResult:
+    """Insert one nodule per record into ``image``; the input is not modified.
+
+    Args:
+        image: (C, H, W), C in {1, 3}; uint8, int16, uint16, int32 or float, any device.
+        records: where, how large, which shape (seed) and how conspicuous.
+        shape_model, texture_model: the generators (on ``image.device``).
+        footprints: precomputed :func:`nodule_footprints` for these records (saves a second
+            shape generation when the caller already placed them).
+
+    All texture patches of the image go through the texture model in one batch.
+    """
+    return insert_nodules_batch([image], [records], shape_model, texture_model, footprints=None if footprints is None else [footprints])[0]
+
+
+def insert_nodules_batch(
+    images: list[torch.Tensor],
+    records: list[list[NoduleRecord]],
+    shape_model: ShapeGenerator,
+    texture_model: TextureGenerator,
+    *,
+    footprints: list[list[torch.Tensor] | None] | None = None,
+) -> list[InsertionResult]:
+    """:func:`insert_nodules` for several images with one texture-model call for all their
+    nodules (the way to keep a GPU busy); each image's result is the per-image one."""
+    if len(images) != len(records):
+        raise ValueError(f"images and records must pair up, got {len(images)} and {len(records)}")
+    footprints = footprints or [None] * len(images)
+    cuts = [_cut(img, recs, shape_model, texture_model, fps) for img, recs, fps in zip(images, records, footprints)]
+    devices = {c.patches.device for c in cuts if len(c.patches)}
+    if len(devices) > 1:
+        raise ValueError(f"all images of a batch must be on one device, got {sorted(map(str, devices))}")
+    fine = run_texture(texture_model, torch.cat([c.patches for c in cuts]), torch.cat([c.holes for c in cuts])) if devices else None
+    results, start = [], 0
+    for c in cuts:
+        n = len(c.records)
+        results.append(_paste(c, fine[start : start + n] if fine is not None else c.patches, texture_model.patch_size))
+        start += n
+    return results

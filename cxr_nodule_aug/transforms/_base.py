@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from cxr_nodule_aug.functional.insertion import InsertionResult, insert_nodules
+from cxr_nodule_aug.functional.insertion import InsertionResult, insert_nodules_batch
 from cxr_nodule_aug.functional.intensity import check_image, to_working
 from cxr_nodule_aug.hub import default_weights_dir, load_model, parse_source
 from cxr_nodule_aug.models.lung import LungSegmenter
@@ -173,29 +173,48 @@ class NoduleTransformBase(v2.Transform):
             raise ValueError(f"target[{self.masks_key!r}] must be (N, H, W) = ({len(boxes)}, {H}, {W}) instance masks, got {tuple(masks.shape)}")
 
     def forward(self, *inputs: Any) -> Any:
-        sample = inputs if len(inputs) > 1 else inputs[0]
-        parsed = parse_sample(sample)
-        flat = [parsed.image, parsed.target]
-        self.check_inputs(flat)
-        params = self.make_params(flat)
-        result = self.apply_records(parsed, params["records"], params.get("footprints"))
-        out = rebuild(sample, result)
-        return out
+        return self.batch([inputs if len(inputs) > 1 else inputs[0]])[0]
+
+    def batch(self, samples: Sequence[Any]) -> list[Any]:
+        """Apply to several samples at once: one texture-model call for all their nodules.
+
+        Parameters are drawn per sample, in order, exactly as ``[self(s) for s in samples]``
+        would draw them, so the result is the per-sample result (to float tolerance: a batched
+        convolution may round differently). The way to use a GPU inside a training loop.
+        """
+        parsed, params = [], []
+        for sample in samples:
+            p = parse_sample(sample)
+            flat = [p.image, p.target]
+            self.check_inputs(flat)
+            parsed.append(p)
+            params.append(self.make_params(flat))
+        todo = [i for i, prm in enumerate(params) if prm["records"]]
+        results: dict[int, InsertionResult] = {}
+        if todo:
+            device = self.work_device(parsed[todo[0]].image)
+            self._models_to(device)
+            batch = insert_nodules_batch(
+                [parsed[i].image.to(device) for i in todo],
+                [params[i]["records"] for i in todo],
+                self.shape_model,
+                self.texture_model,
+                footprints=[params[i].get("footprints") for i in todo],
+            )
+            results = dict(zip(todo, batch))
+        return [rebuild(sample, self.write_back(p, results.get(i))) for i, (sample, p) in enumerate(zip(samples, parsed))]
 
     # -- writing back ---------------------------------------------------------------------------
-    def apply_records(self, parsed: ParsedSample, records: list[NoduleRecord], footprints: list[torch.Tensor] | None = None) -> dict[int, Any]:
-        """Insert ``records`` and return the id -> replacement map for :func:`rebuild`."""
-        image = parsed.image
+    def write_back(self, parsed: ParsedSample, result: InsertionResult | None) -> dict[int, Any]:
+        """The id -> replacement map for :func:`rebuild`: new image, boxes, labels, masks, records."""
         target = dict(parsed.target)
         previous = list(target.get(self.records_key, []))
-        if not records:
+        if result is None:
             target[self.records_key] = previous
             return {id(parsed.target): target}
-        device = self.work_device(image)
-        self._models_to(device)
-        result: InsertionResult = insert_nodules(image.to(device), records, self.shape_model, self.texture_model, footprints=footprints)
+        image = parsed.image
+        records = result.records
         new_image = result.image.to(image.device)
-        H, W = image.shape[-2:]
 
         boxes = parsed.boxes
         new_boxes = result.boxes_xyxy.to(boxes.device)
@@ -213,12 +232,12 @@ class NoduleTransformBase(v2.Transform):
         if masks is not None:
             new_masks = result.masks.to(device=masks.device, dtype=masks.dtype)
             target[self.masks_key] = tv_tensors.wrap(torch.cat([masks.as_subclass(torch.Tensor), new_masks]), like=masks)
-        for key, fill in (("iscrowd", None), ("area", None)):
+        for key in ("iscrowd", "area"):
             value = target.get(key)
             if isinstance(value, torch.Tensor) and value.ndim == 1 and len(value) == n_old:
                 extra = result.masks.flatten(1).sum(1) if key == "area" else torch.zeros(len(records))
                 target[key] = torch.cat([value, extra.to(device=value.device, dtype=value.dtype)])
-        target[self.records_key] = previous + result.records
+        target[self.records_key] = previous + records
         return {id(parsed.target): target, id(parsed.image_leaf): wrap_image(new_image, parsed.image_leaf)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:  # pragma: no cover - forward does the work
