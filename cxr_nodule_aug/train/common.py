@@ -205,6 +205,13 @@ class MetricsLog:
         self.enabled = enabled
         self.t0 = time.time()
 
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop rows logged after the checkpoint, which the run will log again."""
+        if not self.enabled or not self.path.exists():
+            return
+        rows = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(r + "\n" for r in rows))
+
     def write(self, step: int, **metrics: float) -> None:
         if not self.enabled:
             return

@@ -132,6 +132,7 @@ def train(cfg: LungConfig, samples: list[tuple[torch.Tensor, dict[str, Any]]] | 
         state = common.load_checkpoint(ckpt, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched}, map_location=d.device)
         step = int(state["step"])
     metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
+    metrics.truncate_after(step)
     batches = common.infinite(loader, sampler, start_epoch=step // max(len(loader), 1))
     held_dice = float("nan")
     bar = tqdm(total=cfg.steps, initial=step, desc="lung", disable=not d.is_main, dynamic_ncols=True)

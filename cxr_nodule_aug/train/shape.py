@@ -127,6 +127,7 @@ def train(cfg: ShapeConfig) -> Path:
         log.info("resumed from %s at step %d", ckpt, step)
     fixed_z = torch.randn(32, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(d.device)
     metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
+    metrics.truncate_after(step)
     batches = common.infinite(loader, sampler, start_epoch=step // max(len(loader), 1))
 
     G.train()

@@ -222,6 +222,7 @@ def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> P
     show = held if len(held["patch"]) else train_pairs
     show_patch, show_mask = show["patch"][:n_show].float().to(d.device), show["mask"][:n_show].float().to(d.device)
     metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
+    metrics.truncate_after(step)
     batches = common.infinite(loader, sampler, start_epoch=step // max(len(loader), 1))
 
     G.train()
