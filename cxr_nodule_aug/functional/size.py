@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 
 def _check_mask(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
@@ -62,12 +63,29 @@ def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def _rescale(crop: torch.Tensor, scale: float) -> torch.Tensor:
+    """Rescale a bbox-cropped binary shape by ``scale``; returns the result cropped to its bbox
+    (possibly empty)."""
     h, w = crop.shape
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    if size == (h, w):
-        return crop.bool()
-    out = F.interpolate(crop[None, None].float(), size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
-    return out[0, 0] >= 0.5
+    if scale > 2:
+        # Bilinear upsampling of a binary mask leaves a polygon with pixel-sized steps at the
+        # source resolution; a blur of about one source pixel turns them into a smooth edge.
+        # One source pixel of empty margin lets the blur round the shape's extreme points too.
+        src = F.pad(crop[None, None].float(), (1, 1, 1, 1))
+        out = F.interpolate(src, size=(round((h + 2) * scale), round((w + 2) * scale)), mode="bilinear", align_corners=False)
+        sigma = 1.0 * scale
+        k = 2 * int(math.ceil(2 * sigma)) + 1
+        out = TF.gaussian_blur(F.pad(out, (k // 2,) * 4), kernel_size=[k, k], sigma=[sigma, sigma])[..., k // 2 : -(k // 2), k // 2 : -(k // 2)]
+        mask = out[0, 0] >= 0.5
+    else:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if size == (h, w):
+            mask = crop.bool()
+        else:
+            mask = F.interpolate(crop[None, None].float(), size=size, mode="bilinear", align_corners=False, antialias=scale < 1)[0, 0] >= 0.5
+    if not mask.any():
+        return mask
+    r0, r1, c0, c1 = _bbox(mask)
+    return mask[r0:r1, c0:c1]
 
 
 def modulate_size(mask: torch.Tensor, diameter_px: float, canvas: int = 256, *, refine_steps: int = 4) -> torch.Tensor:

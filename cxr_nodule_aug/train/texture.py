@@ -60,6 +60,8 @@ class TextureConfig:
     backbone: str = "efficientnet-lite0"
     holdout_fraction: float = 0.1
     jitter: float = 0.125
+    gamma_range: tuple = (0.3, 1.5)  # per-patch intensity augmentation; (1, 1) switches it off
+    contrast_range: tuple = (0.7, 1.2)
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
@@ -90,6 +92,23 @@ class PerceptualLoss(torch.nn.Module):
         for a, b in zip(self.extractor.taps(output), self.extractor.taps(target)):
             total = total + F.l1_loss(a, b) / b.detach().abs().mean().clamp_min(1e-6)
         return total
+
+
+def random_intensity(patch: torch.Tensor, gamma_range: tuple = (0.3, 1.5), contrast_range: tuple = (0.7, 1.2)) -> torch.Tensor:
+    """A random monotonic grey-level map per patch (gamma, then contrast about the patch mean).
+
+    Radiographs reach the model through very different windows and processing; SimCXR puts the
+    lungs near 0.1 where a clinical image puts them near 0.4 (measured on RG1_UNCR). Trained
+    without this, the inpainter filled real lungs with dark discs; a monotonic map keeps what a
+    nodule is (brighter than its surroundings) while the levels vary.
+    """
+    b = patch.shape[0]
+    lo, hi = (math.log(v) for v in gamma_range)
+    gamma = torch.exp(torch.empty(b, 1, 1, 1, device=patch.device).uniform_(lo, hi))
+    x = patch.clamp(0, 1) ** gamma
+    contrast = torch.empty(b, 1, 1, 1, device=patch.device).uniform_(*contrast_range)
+    mean = x.mean((1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean).clamp(0, 1)
 
 
 def extract_patches(
@@ -232,6 +251,7 @@ def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> P
         gt, mask = (t.to(d.device) for t in next(batches))
         if torch.rand(1).item() < 0.5:  # left-right flips: anatomy-plausible, doubles the data
             gt, mask = gt.flip(-1), mask.flip(-1)
+        gt = random_intensity(gt, cfg.gamma_range, cfg.contrast_range)
         coarse, fine = Gd(gt, mask)
         composite = fine * mask + gt * (1 - mask)
         scores = Dd(torch.cat([gt, composite.detach()]), torch.cat([mask, mask]))
