@@ -30,6 +30,15 @@ def read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
+def column_index(header: list[str], need: list[str], path: str | Path, layout: str) -> dict[str, int]:
+    """Column name -> index; a clear error naming the file when a needed column is absent."""
+    cols = {h.strip(): i for i, h in enumerate(header)}
+    missing = [c for c in need if c not in cols]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {missing}: missing {layout} columns (have {list(cols)})")
+    return cols
+
+
 def make_sample(
     image,
     boxes_xyxy: np.ndarray | Iterable,

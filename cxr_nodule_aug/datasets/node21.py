@@ -7,17 +7,13 @@ from typing import Callable
 
 import numpy as np
 
-from cxr_nodule_aug.datasets._common import AnnotatedImages, check_files, read_csv
+from cxr_nodule_aug.datasets._common import AnnotatedImages, check_files, column_index, read_csv
 
 
 def parse_node21_metadata(csv_path: str | Path) -> dict[str, np.ndarray]:
     """img_name -> (N, 4) float32 XYXY boxes (label 1 rows; label 0 rows give no box)."""
     header, rows = read_csv(csv_path)
-    cols = {h.strip(): i for i, h in enumerate(header)}
-    need = ["img_name", "x", "y", "width", "height", "label"]
-    missing = [c for c in need if c not in cols]
-    if missing:
-        raise ValueError(f"{csv_path}: missing NODE21 columns {missing} (have {list(cols)})")
+    cols = column_index(header, ["img_name", "x", "y", "width", "height", "label"], csv_path, "NODE21")
     out: dict[str, list] = {}
     for line, row in enumerate(rows, start=2):
         try:
@@ -26,6 +22,10 @@ def parse_node21_metadata(csv_path: str | Path) -> dict[str, np.ndarray]:
             label = int(float(row[cols["label"]]))
         except (ValueError, IndexError) as err:
             raise ValueError(f"{csv_path}:{line}: bad NODE21 row {row}: {err}") from err
+        if not name:
+            raise ValueError(f"{csv_path}:{line}: empty img_name")
+        if w < 0 or h < 0:
+            raise ValueError(f"{csv_path}:{line}: negative width/height in {row}")
         boxes = out.setdefault(name, [])
         if label == 1:
             boxes.append([x, y, x + w, y + h])

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cxr_nodule_aug.datasets._common import AnnotatedImages, check_files, read_csv
+from cxr_nodule_aug.datasets._common import AnnotatedImages, check_files, column_index, read_csv
 
 NODULE_CLASS = "Nodule/Mass"
 
@@ -17,11 +17,7 @@ def parse_vindr_csv(csv_path: str | Path, classes: Sequence[str] = (NODULE_CLASS
     """image_id -> (N, 4) XYXY boxes of ``classes``; every image in the file is listed (negatives
     get no boxes). Boxes of all radiologists are kept unless ``radiologists`` selects some."""
     header, rows = read_csv(csv_path)
-    cols = {h.strip(): i for i, h in enumerate(header)}
-    need = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
-    missing = [c for c in need if c not in cols]
-    if missing:
-        raise ValueError(f"{csv_path}: missing VinDr columns {missing} (have {list(cols)})")
+    cols = column_index(header, ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"], csv_path, "VinDr")
     out: dict[str, list] = {}
     for line, row in enumerate(rows, start=2):
         boxes = out.setdefault(row[cols["image_id"]], [])

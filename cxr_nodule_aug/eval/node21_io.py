@@ -22,7 +22,6 @@ Boxes in memory are torchvision's: (N, 4) XYXY float32 tensors in pixels.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -40,7 +39,6 @@ __all__ = [
 ]
 
 NODE21_JSON_TYPE = "Multiple 2D bounding boxes"
-_METADATA_COLUMNS = ("img_name", "x", "y", "width", "height", "label")
 
 
 def _spacing(pixel_spacing_mm: Sequence[float]) -> tuple[float, float]:
@@ -200,34 +198,16 @@ def write_node21_predictions(
 def read_node21_metadata(path: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
     """Reads NODE21 ground truth (``img_name,x,y,width,height,label``; pixels).
 
+    The parsing is :func:`cxr_nodule_aug.datasets.parse_node21_metadata` (one reader for the
+    format); this wraps its boxes for :func:`evaluate_detections`.
+
     Returns:
         image name -> {"boxes": (G, 4) XYXY float32 pixels, "labels": (G,) int64 ones}, in the
         order images first appear; images whose only rows have ``label`` 0 get empty boxes.
     """
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in _METADATA_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"ground-truth file {os.fspath(path)!r} lacks column(s) {missing}; "
-                             f"expected {','.join(_METADATA_COLUMNS)}")
-        boxes: dict[str, list[list[float]]] = {}
-        for line, row in enumerate(reader, start=2):
-            name = row["img_name"]
-            if not name:
-                raise ValueError(f"ground-truth file {os.fspath(path)!r} line {line}: empty img_name")
-            boxes.setdefault(name, [])
-            try:
-                label = int(float(row["label"]))
-                if label == 0:
-                    continue
-                x, y, w, h = (float(row[k]) for k in ("x", "y", "width", "height"))
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"ground-truth file {os.fspath(path)!r} line {line}: bad number ({exc})") from exc
-            if w < 0 or h < 0:
-                raise ValueError(f"ground-truth file {os.fspath(path)!r} line {line}: negative width/height")
-            boxes[name].append([x, y, x + w, y + h])
+    from cxr_nodule_aug.datasets.node21 import parse_node21_metadata
+
     return {
-        name: {"boxes": torch.tensor(b, dtype=torch.float32).reshape(-1, 4),
-               "labels": torch.ones(len(b), dtype=torch.int64)}
-        for name, b in boxes.items()
+        name: {"boxes": torch.from_numpy(b).reshape(-1, 4), "labels": torch.ones(len(b), dtype=torch.int64)}
+        for name, b in parse_node21_metadata(path).items()
     }
