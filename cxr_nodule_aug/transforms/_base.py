@@ -33,9 +33,10 @@ ModelSpec = nn.Module | str | os.PathLike | None
 def _load(spec: ModelSpec, cls: type, weights: str | os.PathLike | None, subfolder: str, required: bool) -> nn.Module | None:
     if isinstance(spec, nn.Module):
         # Any inpainter with TextureGenerator's contract works (baselines included).
-        contract = _INPAINTER_ATTRS if cls is TextureGenerator else ()
-        if not isinstance(spec, cls) and not all(hasattr(spec, a) for a in contract or ("-",)):
-            raise TypeError(f"{subfolder}_model must be a {cls.__name__}{' or an inpainter with ' + ', '.join(contract) if contract else ''}, got {type(spec).__name__}")
+        inpainter = cls is TextureGenerator and all(hasattr(spec, a) for a in _INPAINTER_ATTRS)
+        if not (isinstance(spec, cls) or inpainter):
+            extra = f" or an inpainter with {', '.join(_INPAINTER_ATTRS)}" if cls is TextureGenerator else ""
+            raise TypeError(f"{subfolder}_model must be a {cls.__name__}{extra}, got {type(spec).__name__}")
         return spec.eval()
     # A texture source may hold any inpainter (config.json names its class).
     loader = load_model if cls is TextureGenerator else cls.from_pretrained

@@ -49,14 +49,6 @@ def _boundary(mask: torch.Tensor, width: int = 2) -> torch.Tensor:
     return (m - eroded)[0, 0] > 0
 
 
-def _display(image: torch.Tensor) -> torch.Tensor:
-    """(1, H, W) any dtype -> (H, W) float in [0, 1] through the image's own window."""
-    from cxr_nodule_aug.functional.intensity import to_working
-
-    gray, _, _ = to_working(image)
-    return gray.clamp(0, 1)
-
-
 def _rgb(gray: torch.Tensor, contours: list[tuple[torch.Tensor, tuple[float, float, float]]]) -> torch.Tensor:
     rgb = gray[None].repeat(3, 1, 1).clone()
     for mask, color in contours:
@@ -88,7 +80,7 @@ def run_one(name: str, image: torch.Tensor, target: dict, tf, diameters: list[fl
 
     base = {k: v for k, v in target.items() if k in ("boxes", "labels", "lung_mask", "pixel_spacing_mm")}
     base["masks"] = tv_tensors.Mask(torch.zeros(len(base["boxes"]), *image.shape[-2:], dtype=torch.bool))
-    display_lo_hi = _display(image[:1])
+    display_lo_hi = _display_with_window(image, image)
     half = int(max(d_px) * 1.4)
     rows, records = [], []
     for shape_seed, centre in zip(seeds, centres):
