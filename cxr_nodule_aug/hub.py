@@ -224,4 +224,6 @@ class PretrainedMixin:
 
 def load_model(source: str | os.PathLike, **kwargs: Any) -> Any:
     """Load any model of this library from ``source``, choosing the class from ``config.json``."""
+    import cxr_nodule_aug.detection  # noqa: F401  (registers NoduleDetector)
+
     return PretrainedMixin.from_pretrained(source, **kwargs)

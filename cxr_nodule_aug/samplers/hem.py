@@ -121,21 +121,22 @@ class HEMSampler:
         return cls({f"diameter_{unit}": diameters}, bandwidth=bandwidth)
 
     @staticmethod
-    def find_missed(
+    def nodule_outcomes(
         predictions: Sequence[Mapping[str, Any]],
         targets: Sequence[Mapping[str, Any]],
         iou_threshold: float = 0.2,
         score_threshold: float = 0.5,
         pixel_spacing_mm: float | Sequence[float | None] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Attributes of every ground-truth nodule that no prediction with
-        ``score >= score_threshold`` overlaps with IoU > ``iou_threshold`` (strict).
+        """One row per ground-truth nodule, detected or not.
 
-        ``predictions``: torchvision detector outputs (``boxes`` XYXY, ``scores``);
-        ``targets``: ``boxes`` (``BoundingBoxes`` in any format, or XYXY tensors), optional
-        ``labels`` (all boxes count as nodules). Returns columns ``image_index``,
-        ``center_x_px``, ``center_y_px``, ``width_px``, ``height_px``, ``diameter_px`` (mean
-        of box width and height) and ``diameter_mm`` when the spacing is known.
+        A nodule is detected when a prediction with ``score >= score_threshold`` overlaps it with
+        IoU > ``iou_threshold`` (strict). ``predictions``: torchvision detector outputs
+        (``boxes`` XYXY, ``scores``); ``targets``: ``boxes`` (``BoundingBoxes`` in any format, or
+        XYXY tensors; all boxes count as nodules). Returns float64 columns ``image_index``,
+        ``center_x_px``, ``center_y_px``, ``width_px``, ``height_px``, ``diameter_px`` (mean of
+        box width and height), ``diameter_mm`` when the spacing is known, and ``detected`` (0/1).
+        ``pixel_spacing_mm``: one number or one per image (isotropic spacing, mm/px).
         """
         if len(predictions) != len(targets):
             raise ValueError(f"predictions and targets must have one entry per image, got {len(predictions)} and {len(targets)}")
@@ -160,16 +161,30 @@ class HEMSampler:
             kept = boxes[scores >= score_threshold]
             detected = (box_iou(gt, kept) > iou_threshold).any(1) if len(kept) else torch.zeros(len(gt), dtype=torch.bool)
             sp = spacings[i]
-            for box in gt[~detected]:
+            for box, hit in zip(gt, detected):
                 w, h = float(box[2] - box[0]), float(box[3] - box[1])
                 d = (w + h) / 2
-                rows.append([i, float(box[0]) + w / 2, float(box[1]) + h / 2, w, h, d, d * float(sp) if sp is not None else math.nan])
-        names = ["image_index", "center_x_px", "center_y_px", "width_px", "height_px", "diameter_px", "diameter_mm"]
+                rows.append([i, float(box[0]) + w / 2, float(box[1]) + h / 2, w, h, d, d * float(sp) if sp is not None else math.nan, float(hit)])
+        names = ["image_index", "center_x_px", "center_y_px", "width_px", "height_px", "diameter_px", "diameter_mm", "detected"]
         table = torch.tensor(rows, dtype=torch.float64).reshape(-1, len(names))
         out = {k: table[:, j] for j, k in enumerate(names)}
         if pixel_spacing_mm is None or (len(out["diameter_mm"]) and torch.isnan(out["diameter_mm"]).any()):
             out.pop("diameter_mm")
         return out
+
+    @staticmethod
+    def find_missed(
+        predictions: Sequence[Mapping[str, Any]],
+        targets: Sequence[Mapping[str, Any]],
+        iou_threshold: float = 0.2,
+        score_threshold: float = 0.5,
+        pixel_spacing_mm: float | Sequence[float | None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The rows of :meth:`nodule_outcomes` for the nodules that were not detected (without
+        the ``detected`` column)."""
+        table = HEMSampler.nodule_outcomes(predictions, targets, iou_threshold, score_threshold, pixel_spacing_mm)
+        missed = table.pop("detected") == 0
+        return {k: v[missed] for k, v in table.items()}
 
     @classmethod
     def from_detections(

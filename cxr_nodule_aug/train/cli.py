@@ -16,7 +16,8 @@ from cxr_nodule_aug import __version__
 # name -> (module, one-line help). Later work adds its subcommand here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cxr_nodule_aug.train.commands.demo", "insert nodules of several shapes at 3 diameters into a real radiograph and a SimCXR render; write figures and records"),
-    "train": ("cxr_nodule_aug.train.commands.train", "train the shape, texture or lung model"),
+    "train": ("cxr_nodule_aug.train.commands.train", "train the shape, texture or lung model, or a nodule detector"),
+    "hem": ("cxr_nodule_aug.train.commands.hem", "hard-example mining: the nodules a trained detector misses, as a HEMSampler file and a histogram"),
     "export": ("cxr_nodule_aug.train.commands.export", "turn a training run into a weights directory with a model card (and push it to the Hub)"),
     "info": ("cxr_nodule_aug.train.commands.info", "show the version, the device and where weights load from"),
     "sim": ("cxr_nodule_aug.train.commands.sim", "export simulated radiographs with 3-D nodules (SimCXR)"),

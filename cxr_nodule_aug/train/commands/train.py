@@ -1,4 +1,4 @@
-"""``cxr-nodule-aug train {shape,texture,lung} [--config FILE.yaml] [key=value ...]``.
+"""``cxr-nodule-aug train {shape,texture,lung,detector} [--config FILE.yaml] [key=value ...]``.
 
 Runs unchanged under ``torchrun --nproc-per-node N -m cxr_nodule_aug.train.cli train ...``.
 The resolved config is written to ``<out>/config.yaml``; an existing ``<out>/checkpoint.pt``
@@ -16,11 +16,12 @@ TASKS = {
     "shape": ("cxr_nodule_aug.train.shape", "ShapeConfig"),
     "texture": ("cxr_nodule_aug.train.texture", "TextureConfig"),
     "lung": ("cxr_nodule_aug.train.lung", "LungConfig"),
+    "detector": ("cxr_nodule_aug.train.detector", "DetectorConfig"),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=sorted(TASKS), help="which model to train")
+    parser.add_argument("task", choices=sorted(TASKS), help="which model to train (detector: a Faster R-CNN / RetinaNet nodule detector)")
     parser.add_argument("--config", default=None, help="YAML file with config values, or the name of a bundled one (e.g. texture-cpu, texture-paper)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=2000 out=runs/x")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

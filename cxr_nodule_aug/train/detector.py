@@ -1,0 +1,272 @@
+"""``cxr-nodule-aug train detector``: a nodule detector, with or without synthesized nodules.
+
+Every sample goes: dataset -> (``NoduleInpaint`` online, when ``augment_p > 0``) ->
+:class:`~cxr_nodule_aug.detection.ToDetectorInput` (window, resize) -> random shift and
+horizontal flip (the paper's augmentation) -> ``SanitizeBoundingBoxes``. Pre-synthesized sets
+(``synth=``: exports written by ``cxr-nodule-aug sim`` or any dataset of the same kind) are
+concatenated to the training set. Validation (NODE21 metrics, MONAI mode) runs every
+``eval_every`` steps on ``val_data`` or on a held-out fraction of ``data`` split by image.
+
+The Python entry point :func:`train` also takes ready datasets (detector-ready samples), which
+is how the detection benchmark drives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from cxr_nodule_aug.detection import NoduleDetector, ToDetectorInput, detection_collate, predict_dataset
+from cxr_nodule_aug.train import common
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("simcxr", "node21", "vindr")
+
+
+@dataclasses.dataclass
+class DetectorConfig:
+    data: str = ""
+    dataset: str = "simcxr"
+    val_data: str = ""
+    holdout_fraction: float = 0.1
+    synth: str = ""
+    out: str = "runs/detector"
+    init: str = ""
+    arch: str = "fasterrcnn"
+    backbone: str = "lite0"
+    imagenet: bool = True
+    image_size: int = 256
+    anchor_size: int = 8
+    fpn_channels: int = 64
+    box_head_width: int = 256
+    optimizer: str = "adamw"
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    steps: int = 1500
+    batch_size: int = 4
+    grad_clip: float = 10.0
+    shift: float = 0.05
+    flip: bool = True
+    augment_p: float = 0.0
+    augment_diameters: str = "4,24"
+    augment_unit: str = "mm"
+    augment_num_nodules: str = "1,3"
+    augment_contrast: float = 1.0
+    workers: int = 0
+    eval_every: int = 500
+    log_every: int = 20
+    checkpoint_every: int = 250
+    seed: int = 0
+    device: str = "auto"
+
+
+class Augmented(Dataset):
+    """Applies ``transform(image, target)`` to each sample of ``base`` (a view, nothing cached)."""
+
+    def __init__(self, base: Dataset, transform: Callable) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.transform(*self.base[i])
+
+
+def geometric_augment(shift: float, flip: bool) -> v2.Compose:
+    """The paper's detector augmentation: random shift (fraction of the side) and horizontal flip."""
+    steps: list[Any] = []
+    if shift > 0:
+        steps.append(v2.RandomAffine(degrees=0.0, translate=(shift, shift)))
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.SanitizeBoundingBoxes(min_size=1.0))
+    return v2.Compose(steps)
+
+
+def _range(text: str, name: str, cast: type = float) -> tuple[Any, Any] | Any:
+    parts = [p for p in str(text).split(",") if p.strip()]
+    try:
+        values = [cast(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected a number or 'min,max'") from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise ValueError(f"{name}={text!r}: expected a number or 'min,max'")
+
+
+def online_augment(cfg: DetectorConfig):
+    """``NoduleInpaint`` from the config: diameters from a range or a HEM JSON file."""
+    from cxr_nodule_aug import HEMSampler, NoduleInpaint
+
+    if Path(cfg.augment_diameters).suffix == ".json":
+        diameters: Any = HEMSampler.load(cfg.augment_diameters)
+        unit = diameters.unit
+    else:
+        diameters, unit = _range(cfg.augment_diameters, "augment_diameters"), cfg.augment_unit
+    return NoduleInpaint(diameters=diameters, unit=unit, p=cfg.augment_p, num_nodules=_range(cfg.augment_num_nodules, "augment_num_nodules", int),
+                         contrast=cfg.augment_contrast)
+
+
+def open_dataset(kind: str, root: str, transforms: Callable | None = None) -> Dataset:
+    """A dataset of the library by name (``simcxr``, ``node21``, ``vindr``) rooted at ``root``."""
+    from cxr_nodule_aug import datasets
+
+    if kind not in DATASETS:
+        raise ValueError(f"dataset={kind!r}: expected one of {DATASETS} (others: build the Dataset in Python and call train(cfg, train_set=...))")
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"{kind} data directory {root!r} does not exist")
+    cls = {"simcxr": datasets.SimCXRDataset, "node21": datasets.Node21Dataset, "vindr": datasets.VinDrCXRDataset}[kind]
+    return cls(root, transforms=transforms)
+
+
+def build_sets(cfg: DetectorConfig) -> tuple[Dataset, Dataset | None]:
+    """Training and validation sets (detector-ready samples, before shift/flip) from the config."""
+    to_input = ToDetectorInput(cfg.image_size)
+    if cfg.augment_p > 0:
+        inpaint = online_augment(cfg)
+
+        def train_tf(image, target):
+            return to_input(*inpaint(image, target))
+    else:
+        train_tf = to_input
+    if not cfg.data:
+        raise ValueError("data= is required: the training dataset's root directory")
+    base = open_dataset(cfg.dataset, cfg.data, transforms=train_tf)
+    if cfg.val_data:
+        train_set: Dataset = base
+        val_set: Dataset | None = open_dataset(cfg.dataset, cfg.val_data, transforms=to_input)
+    elif cfg.holdout_fraction > 0:
+        n_val = max(1, int(round(len(base) * cfg.holdout_fraction)))
+        order = torch.randperm(len(base), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        train_set = Subset(base, order[n_val:])
+        val_set = Subset(open_dataset(cfg.dataset, cfg.data, transforms=to_input), order[:n_val])
+    else:
+        train_set, val_set = base, None
+    extra = [open_dataset(cfg.dataset, p.strip(), transforms=to_input) for p in cfg.synth.split(",") if p.strip()]
+    if extra:
+        train_set = ConcatDataset([train_set, *extra])
+    return train_set, val_set
+
+
+def build_model(cfg: DetectorConfig) -> NoduleDetector:
+    if cfg.init:
+        model = NoduleDetector.from_pretrained(cfg.init)
+        if model.config["image_size"] != cfg.image_size:
+            raise ValueError(f"init={cfg.init!r} was trained at image_size={model.config['image_size']}, the config asks for {cfg.image_size}")
+        return model.train()
+    return NoduleDetector(cfg.arch, cfg.backbone, image_size=cfg.image_size, anchor_size=cfg.anchor_size, fpn_channels=cfg.fpn_channels,
+                          box_head_width=cfg.box_head_width, imagenet=cfg.imagenet)
+
+
+def evaluate(model: NoduleDetector, samples: Dataset, bootstrap: int = 0) -> dict[str, Any]:
+    """NODE21 metrics (MONAI mode) of ``model`` on detector-ready ``samples``."""
+    from cxr_nodule_aug.eval import evaluate_detections
+
+    preds, targets = predict_dataset(model, (samples[i] for i in range(len(samples))))
+    metrics = evaluate_detections(preds, [{"boxes": t["boxes"]} for t in targets], mode="monai", bootstrap=bootstrap)
+    return metrics.to_dict()
+
+
+def _optimizer(cfg: DetectorConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer={cfg.optimizer!r}: expected 'adamw' or 'sgd'")
+
+
+def train(cfg: DetectorConfig, train_set: Dataset | None = None, val_set: Dataset | None = None) -> Path:
+    """Train; returns ``<out>/model`` (a :class:`NoduleDetector` weights directory).
+
+    ``train_set`` / ``val_set``: detector-ready samples (``ToDetectorInput`` output) overriding
+    the config's datasets. An existing ``<out>/checkpoint.pt`` is resumed.
+    """
+    d, out = common.start_run(cfg)
+    if train_set is None:
+        train_set, built_val = build_sets(cfg)
+        val_set = built_val if val_set is None else val_set
+    if len(train_set) == 0:
+        raise ValueError("the training set is empty")
+    data = Augmented(train_set, geometric_augment(cfg.shift, cfg.flip))
+    sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size,
+                        num_workers=cfg.workers, collate_fn=detection_collate, generator=torch.Generator().manual_seed(cfg.seed),
+                        persistent_workers=cfg.workers > 0)
+    model = build_model(cfg).to(d.device)
+    model.train()
+    md = common.wrap_ddp(model, d)
+    opt = _optimizer(cfg, model)
+    warm = max(cfg.warmup_steps, 0)
+
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine to 0
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(cfg.steps - warm, 1)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ckpt = out / "checkpoint.pt"
+    step = 0
+    if ckpt.exists():
+        state = common.load_checkpoint(ckpt, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched}, map_location=d.device)
+        step = int(state["step"])
+    metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
+    metrics.truncate_after(step)
+    batches = common.infinite(loader, sampler, start_epoch=step // max(len(loader), 1))
+    val: dict[str, Any] = {}
+    bar = tqdm(total=cfg.steps, initial=step, desc="detector", disable=not d.is_main, dynamic_ncols=True)
+    while step < cfg.steps:
+        images, targets = next(batches)
+        images = [im.to(d.device) for im in images]
+        targets = [{k: v.to(d.device) for k, v in t.items()} for t in targets]
+        losses = md(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {step}: non-finite detector loss {({k: float(v) for k, v in losses.items()})}; lower lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        last = step == cfg.steps
+        if d.is_main and val_set is not None and len(val_set) and (step % cfg.eval_every == 0 or last):
+            try:
+                val = evaluate(model, val_set)
+            except ValueError as err:  # e.g. a validation set without negatives
+                log.warning("validation skipped: %s", err)
+            model.train()
+        if step % cfg.log_every == 0 or last:
+            row = {k: common.all_mean(v.detach(), d) for k, v in losses.items()}
+            if val:
+                row.update(val_auc=val["auc"], val_node21_score=val["node21_score"])
+            metrics.write(step, loss=common.all_mean(loss.detach(), d), lr=sched.get_last_lr()[0], **row)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"val_score": f"{val['node21_score']:.3f}"} if val else {}))
+        if d.is_main and (step % cfg.checkpoint_every == 0 or last):
+            common.save_checkpoint(ckpt, step=step, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched})
+    bar.close()
+    if d.is_main:
+        model.eval()
+        meta = {"trained_steps": step, "data": str(cfg.data) or "in-memory", "train_images": len(train_set)}
+        if val:
+            meta.update(val_auc=val["auc"], val_node21_score=val["node21_score"])
+            (out / "val_metrics.json").write_text(json.dumps(val, indent=1) + "\n")
+        model.save_pretrained(out / "model", metadata=meta)
+    common.cleanup(d)
+    return out / "model"
