@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}, sort_keys=True))
         return 0
-    out = module.train(cfg)
+    try:
+        out = module.train(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"cxr-nodule-aug train {args.task}: {err}") from None
     print(f"trained {args.task}: {out}")
     return 0
