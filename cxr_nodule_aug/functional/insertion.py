@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cxr_nodule_aug.functional.intensity import check_image, from_working, to_working
+from cxr_nodule_aug.functional.intensity import check_image, from_working, to_working, value_limits
 from cxr_nodule_aug.functional.placement import PlacementError, footprint_box, sample_centre, valid_centres
 from cxr_nodule_aug.functional.size import equivalent_diameter, modulate_size
 from cxr_nodule_aug.models.shape import ShapeGenerator
@@ -53,11 +53,21 @@ def place_nodules(
     """
     occupied = torch.zeros(0, 4) if occupied_xyxy is None else occupied_xyxy.detach().to("cpu", torch.float32).reshape(-1, 4)
     centres: list[tuple[int, int]] = []
+    # A footprint lies wholly inside the lungs, so every valid centre lies in the lung mask's
+    # bounding box: search that crop only (about half the radiograph). Row-major order, and
+    # hence the sampled centre for a given generator state, is the same as on the full mask.
+    if lung_mask.any():
+        y0, x0, lung_h, lung_w = _bbox_hw(lung_mask)
+    else:
+        y0, x0, lung_h, lung_w = 0, 0, *lung_mask.shape
+    lung_crop = lung_mask[y0 : y0 + lung_h, x0 : x0 + lung_w]
+    shift = torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
     for i, fp in enumerate(footprints):
         _, _, h, w = _bbox_hw(fp)
-        valid = valid_centres(lung_mask, (h, w), occupied, gap_px=gap_px)
+        valid = valid_centres(lung_crop, (h, w), occupied - shift, gap_px=gap_px)
         try:
             cy, cx = sample_centre(valid, generator)
+            cy, cx = cy + y0, cx + x0
         except PlacementError:
             raise PlacementError(
                 f"no position inside the lung mask fits nodule {i} (footprint {h}x{w} px, "
@@ -100,7 +110,18 @@ class _Cut:
     regions: list[tuple[int, int, int, torch.Tensor, torch.Tensor]]  # (oy, ox, R, footprint, region)
 
 
-def _cut(image: torch.Tensor, records: list[NoduleRecord], shape_model: ShapeGenerator, texture_model: TextureGenerator, footprints: list[torch.Tensor] | None) -> _Cut:
+Working = tuple[torch.Tensor, float, float]
+"""``to_working(image)``'s result: (H, W) float32 grey level and its (lo, hi) window."""
+
+
+def _cut(
+    image: torch.Tensor,
+    records: list[NoduleRecord],
+    shape_model: ShapeGenerator,
+    texture_model: TextureGenerator,
+    footprints: list[torch.Tensor] | None,
+    working: Working | None = None,
+) -> _Cut:
     check_image(image)
     device = image.device
     _, H, W = image.shape
@@ -108,7 +129,10 @@ def _cut(image: torch.Tensor, records: list[NoduleRecord], shape_model: ShapeGen
     if footprints is None:
         shapes = shape_model.generate([r.seed for r in records], device=device)
         footprints = nodule_footprints(shapes, [r.diameter_px for r in records], P, max_fill)
-    gray, lo, hi = to_working(image)
+    # The window is an image-wide percentile: reuse it when the caller (the lung model) has it.
+    gray, lo, hi = to_working(image) if working is None else working
+    if gray.shape != (H, W) or gray.device != device:
+        raise ValueError(f"working image must be ({H}, {W}) on {device} like the image, got {tuple(gray.shape)} on {gray.device}")
     patches, holes, regions = [], [], []
     for rec, fp in zip(records, footprints):
         R = fp.shape[0]
@@ -147,26 +171,41 @@ def _paste(cut: _Cut, fine: torch.Tensor, patch_size: int) -> InsertionResult:
     device = image.device
     _, H, W = image.shape
     n = len(records)
-    delta = torch.zeros(H, W, device=device)
     masks = torch.zeros(n, H, W, dtype=torch.bool, device=device)
-    boxes, out_records = [], []
-    for i, (rec, (oy, ox, R, fp, region)) in enumerate(zip(records, cut.regions)):
+    # Only the footprints' pixels change: the intensity change lives on the union of their
+    # boxes (clipped to the image), not on a whole-radiograph buffer.
+    boxes = []
+    for i, (rec, (oy, ox, R, fp, _)) in enumerate(zip(records, cut.regions)):
+        top, left, h, w = _bbox_hw(fp)
+        box = (ox + left, oy + top, ox + left + w, oy + top + h)
+        if box[0] < 0 or box[1] < 0 or box[2] > W or box[3] > H:
+            raise PlacementError(f"nodule {i} at center_xy={rec.center_xy} does not lie inside the {H}x{W} image")
+        boxes.append(box)
+    if n:
+        uy0, ux0 = min(b[1] for b in boxes), min(b[0] for b in boxes)
+        uy1, ux1 = max(b[3] for b in boxes), max(b[2] for b in boxes)
+        delta = torch.zeros(uy1 - uy0, ux1 - ux0, device=device)
+    out_records = []
+    for i, (rec, (oy, ox, R, fp, region), box) in enumerate(zip(records, cut.regions, boxes)):
         gen = fine[i : i + 1]
         if R != patch_size:
             gen = F.interpolate(gen, size=(R, R), mode="bilinear", align_corners=False)
         change = rec.contrast * (gen[0, 0] - region) * fp
-        # Crop the canvas to the image (the footprint itself is always inside: it is in the lung).
-        y0, x0 = max(oy, 0), max(ox, 0)
-        y1, x1 = min(oy + R, H), min(ox + R, W)
-        delta[y0:y1, x0:x1] += change[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+        x0, y0, x1, y1 = box
+        delta[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0] += change[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
         masks[i, y0:y1, x0:x1] = fp[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-        top, left, h, w = _bbox_hw(fp)
-        box = (float(ox + left), float(oy + top), float(ox + left + w), float(oy + top + h))
-        if masks[i].sum() != fp.sum():
-            raise PlacementError(f"nodule {i} at center_xy={rec.center_xy} does not lie inside the {H}x{W} image")
-        boxes.append(box)
-        out_records.append(rec.replace(box_xyxy=box, measured_diameter_px=round(float(equivalent_diameter(fp)), 3)))
-    out = from_working(image, delta, cut.lo, cut.hi) if n else image.clone()
+        out_records.append(rec.replace(box_xyxy=tuple(map(float, box)), measured_diameter_px=round(float(equivalent_diameter(fp)), 3)))
+    if not n:
+        out = image.clone()
+    elif not image.is_floating_point() or value_limits(image) == (0.0, 1.0):
+        # from_working clamps to the dtype's range (or [0, 1]): the same on the crop as on the
+        # whole image, and unchanged pixels stay what they are.
+        out = image.clone()
+        out[:, uy0:uy1, ux0:ux1] = from_working(image[:, uy0:uy1, ux0:ux1], delta, cut.lo, cut.hi)
+    else:  # a float image's own min/max is the clamp range: take it from the whole image
+        full = torch.zeros(H, W, device=device)
+        full[uy0:uy1, ux0:ux1] = delta
+        out = from_working(image, full, cut.lo, cut.hi)
     return InsertionResult(out, masks, torch.tensor(boxes, dtype=torch.float32, device=device).reshape(-1, 4), out_records)
 
 
@@ -199,13 +238,19 @@ def insert_nodules_batch(
     texture_model: TextureGenerator,
     *,
     footprints: list[list[torch.Tensor] | None] | None = None,
+    working: list[Working | None] | None = None,
 ) -> list[InsertionResult]:
     """:func:`insert_nodules` for several images with one texture-model call for all their
-    nodules (the way to keep a GPU busy); each image's result is the per-image one."""
+    nodules (the way to keep a GPU busy); each image's result is the per-image one.
+
+    ``working``: per image, ``to_working(image)`` if the caller already computed it (the lung
+    model needs it too), else ``None``.
+    """
     if len(images) != len(records):
         raise ValueError(f"images and records must pair up, got {len(images)} and {len(records)}")
     footprints = footprints or [None] * len(images)
-    cuts = [_cut(img, recs, shape_model, texture_model, fps) for img, recs, fps in zip(images, records, footprints)]
+    working = working or [None] * len(images)
+    cuts = [_cut(img, recs, shape_model, texture_model, fps, wk) for img, recs, fps, wk in zip(images, records, footprints, working)]
     devices = {c.patches.device for c in cuts if len(c.patches)}
     if len(devices) > 1:
         raise ValueError(f"all images of a batch must be on one device, got {sorted(map(str, devices))}")

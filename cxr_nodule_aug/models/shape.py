@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,14 @@ class ShapeGenerator(PretrainedMixin, nn.Module):
 
     Paper size: latent_dim=100, base_width=512 at 4x4, five stride-2 4x4 transposed
     convolutions (BN + ReLU) to 128x128. Threshold at 0.5 for the binary mask.
+
+    In eval mode :meth:`generate` keeps the last ``cache_size`` masks per (seed, device) in an
+    LRU cache, so a replay (``InsertNodules``) or a repeated seed does not run the network
+    again. Any change to the weights (an optimiser step, ``load_state_dict``, ``.to()``)
+    empties it.
     """
+
+    cache_size: int = 2048
 
     def __init__(self, latent_dim: int = 100, base_width: int = 512, image_size: int = 128) -> None:
         super().__init__()
@@ -41,6 +50,13 @@ class ShapeGenerator(PretrainedMixin, nn.Module):
             layers += [nn.ConvTranspose2d(widths[i], widths[i + 1], 4, 2, 1, bias=False), nn.BatchNorm2d(widths[i + 1]), nn.ReLU(inplace=True)]
         layers += [nn.ConvTranspose2d(widths[-1], 1, 4, 2, 1, bias=False)]
         self.net = nn.Sequential(*layers)
+        self._shape_cache: OrderedDict[tuple[int, torch.device], torch.Tensor] = OrderedDict()
+        self._cache_stamp: tuple | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())  # pickled to DataLoader workers: without the cache
+        state["_shape_cache"], state["_cache_stamp"] = OrderedDict(), None
+        return state
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Logits -> probabilities; ``z`` is (B, latent_dim) or (B, latent_dim, 1, 1)."""
@@ -60,10 +76,35 @@ class ShapeGenerator(PretrainedMixin, nn.Module):
 
     @torch.inference_mode()
     def generate(self, seeds: list[int] | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
-        """Binary shape masks (B, S, S) bool, one per seed, reproducible from the seeds."""
+        """Binary shape masks (B, S, S) bool, one per seed, reproducible from the seeds.
+
+        The seeds not in the cache go through the network in one batch.
+        """
         device = torch.device(device) if device is not None else next(self.parameters()).device
-        z = self.latent_from_seeds(seeds).to(device)
-        return binarize_shapes(self(z)[:, 0])
+        seeds = [int(s) for s in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
+        if self.training or self.cache_size <= 0:  # BatchNorm on batch statistics: nothing to cache
+            return binarize_shapes(self(self.latent_from_seeds(seeds).to(device))[:, 0])
+        cache = self._shape_cache
+        stamp = self._weights_stamp()
+        if stamp != self._cache_stamp:
+            cache.clear()
+            self._cache_stamp = stamp
+        missing = list(dict.fromkeys(s for s in seeds if (s, device) not in cache))
+        if missing:
+            masks = binarize_shapes(self(self.latent_from_seeds(missing).to(device))[:, 0])
+            cache.update(((s, device), m) for s, m in zip(missing, masks))
+        out = [cache[(s, device)] for s in seeds]
+        for s in seeds:
+            cache.move_to_end((s, device))
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
+        if not out:
+            return torch.zeros(0, self.image_size, self.image_size, dtype=torch.bool, device=device)
+        return torch.stack(out)
+
+    def _weights_stamp(self) -> tuple:
+        # In-place updates bump a tensor's version counter; replacing a tensor changes its storage.
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in itertools.chain(self.parameters(), self.buffers()))
 
 
 def binarize_shapes(prob: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from cxr_nodule_aug.functional.insertion import InsertionResult, insert_nodules_batch
+from cxr_nodule_aug.functional.insertion import InsertionResult, Working, insert_nodules_batch
 from cxr_nodule_aug.functional.intensity import check_image, to_working
 from cxr_nodule_aug.hub import default_weights_dir, load_model, parse_source
 from cxr_nodule_aug.models.lung import LungSegmenter
@@ -116,6 +116,12 @@ class NoduleTransformBase(v2.Transform):
 
     def lung_mask(self, image: torch.Tensor, target: dict[str, Any]) -> torch.Tensor:
         """(H, W) bool on the work device: the target's lung mask, else the lung model's."""
+        return self.lung_mask_and_working(image, target)[0]
+
+    def lung_mask_and_working(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, Working | None]:
+        """:meth:`lung_mask`, and ``to_working(image)`` on the work device when the lung model
+        needed it (``None`` otherwise), so that insertion does not compute the image-wide
+        window a second time."""
         H, W = image.shape[-2:]
         device = self.work_device(image)
         mask = target.get(self.lung_mask_key)
@@ -128,7 +134,7 @@ class NoduleTransformBase(v2.Transform):
             mask = mask.to(device) > 0.5 if mask.is_floating_point() else mask.to(device).bool()
             if not mask.any():
                 raise ValueError(f"target[{self.lung_mask_key!r}] is empty: there is no lung to place a nodule in")
-            return mask
+            return mask, None
         if self.lung_model is None:
             raise ValueError(
                 f"the sample has no lung mask (target[{self.lung_mask_key!r}]) and no lung model is configured: "
@@ -136,11 +142,11 @@ class NoduleTransformBase(v2.Transform):
                 "or pass lung_model=... (or weights=... that include a 'lung' model)"
             )
         self._models_to(device)
-        gray, _, _ = to_working(image.to(device))
-        mask = self.lung_model.predict_mask(gray.clamp(0, 1)[None, None])[0]
+        working = to_working(image.to(device))
+        mask = self.lung_model.predict_mask(working[0].clamp(0, 1)[None, None])[0]
         if not mask.any():
             raise ValueError("the lung model found no lung in this image; pass a lung mask in the target")
-        return mask
+        return mask, working
 
     @staticmethod
     def existing_boxes_xyxy(target: dict[str, Any]) -> torch.Tensor:
@@ -201,6 +207,7 @@ class NoduleTransformBase(v2.Transform):
                 self.shape_model,
                 self.texture_model,
                 footprints=[params[i].get("footprints") for i in todo],
+                working=[params[i].get("working") for i in todo],
             )
             results = dict(zip(todo, batch))
         return [rebuild(sample, self.write_back(p, results.get(i))) for i, (sample, p) in enumerate(zip(samples, parsed))]

@@ -144,7 +144,7 @@ class NoduleInpaint(NoduleTransformBase):
         # Rounded once here so that a replay from the records rebuilds the same footprints.
         diameters_px = [round(d, 4) for d in sizes.tolist()]
         device = self.work_device(image)
-        lung = self.lung_mask(image, target)
+        lung, working = self.lung_mask_and_working(image, target)
         self._models_to(device)
         shapes = self.shape_model.generate(seeds, device=device)
         for seed, shape in zip(seeds, shapes):
@@ -164,4 +164,4 @@ class NoduleInpaint(NoduleTransformBase):
             )
             for c, d, s, k in zip(centres, diameters_px, seeds, contrasts.tolist())
         ]
-        return {"records": records, "footprints": footprints}
+        return {"records": records, "footprints": footprints, "working": working}
