@@ -64,7 +64,11 @@ class RenderConfig:
     energy_kev: tuple[float, float] = (50.0, 70.0)
     scatter_fraction: tuple[float, float] = (0.05, 0.3)
     photons_per_pixel: tuple[float, float] = (3e3, 3e4)  # per 0.65 mm pixel, unattenuated
-    window_low_quantile: tuple[float, float] = (0.0, 0.08)  # of the lung field: black level
+    window_low_quantile: tuple[float, float] = (0.0, 0.08)  # of the lung field: its darkest level
+    # Display grey level of that darkest lung level. Clinical processing keeps the lungs well
+    # above black (the direct-exposure air outside the body is the black level), so dark lung
+    # texture and the unsharp-masking undershoot next to ribs and the heart are not clipped.
+    lung_grey_level: tuple[float, float] = (0.12, 0.35)
     unsharp_gain: tuple[float, float] = (0.3, 1.2)
     unsharp_sigma_mm: tuple[float, float] = (6.0, 20.0)
     gamma: tuple[float, float] = (0.8, 1.3)
@@ -277,6 +281,7 @@ class SimCXR:
             "unsharp_sigma_mm": u(c.unsharp_sigma_mm),
             "gamma": u(c.gamma),
             "window_low_quantile": u(c.window_low_quantile),
+            "lung_grey_level": u(c.lung_grey_level),
             "noise_seed": int(rng.integers(2**31)),
             "nodule_seed": int(rng.integers(2**31)),
         }
@@ -597,8 +602,10 @@ class _Processing:
         if lo_hi is None:  # window from the nodule-free image, reused for its pair
             lung = logimg[self.lung_field]
             lung = lung[:: max(1, lung.numel() // 20000)] if lung.numel() else logimg.flatten()
-            lo = float(torch.quantile(lung, p["window_low_quantile"]))
+            lung_lo = float(torch.quantile(lung, p["window_low_quantile"]))
             hi = float(torch.quantile(logimg[::4, ::4].flatten(), 0.995))
+            g = p["lung_grey_level"]  # lung_lo maps to g: the black level sits below the lungs
+            lo = lung_lo - g / (1 - g) * (hi - lung_lo)
             lo_hi = (lo, hi)
         lo, hi = lo_hi
         v = (logimg - lo) / max(hi - lo, 1e-6)
