@@ -3,8 +3,9 @@
 Every sample goes: dataset -> (``NoduleInpaint`` online, when ``augment_p > 0``) ->
 :class:`~cxr_nodule_aug.detection.ToDetectorInput` (window, resize) -> random shift and
 horizontal flip (the paper's augmentation) -> ``SanitizeBoundingBoxes``. Pre-synthesized sets
-(``synth=``: exports written by ``cxr-nodule-aug sim`` or any dataset of the same kind) are
-concatenated to the training set. Validation (NODE21 metrics, MONAI mode) runs every
+(``synth=``: comma-separated roots, each ``kind:path`` or a bare path of the same kind as
+``dataset``; e.g. ``cxr-nodule-aug synthesize`` output as ``node21:DIR``, or a ``cxr-nodule-aug
+sim`` export) are concatenated to the training set. Validation (NODE21 metrics, MONAI mode) runs every
 ``eval_every`` steps on ``val_data`` or on a held-out fraction of ``data`` split by image.
 
 The Python entry point :func:`train` also takes ready datasets (detector-ready samples), which
@@ -133,6 +134,14 @@ def open_dataset(kind: str, root: str, transforms: Callable | None = None) -> Da
     return cls(root, transforms=transforms)
 
 
+def _kind_and_root(entry: str, default_kind: str) -> tuple[str, str]:
+    """``"node21:path"`` -> ("node21", "path"); a bare path takes ``default_kind``."""
+    kind, sep, root = entry.partition(":")
+    if sep and kind in DATASETS:
+        return kind, root
+    return default_kind, entry
+
+
 def build_sets(cfg: DetectorConfig) -> tuple[Dataset, Dataset | None]:
     """Training and validation sets (detector-ready samples, before shift/flip) from the config."""
     to_input = ToDetectorInput(cfg.image_size)
@@ -156,7 +165,7 @@ def build_sets(cfg: DetectorConfig) -> tuple[Dataset, Dataset | None]:
         val_set = Subset(open_dataset(cfg.dataset, cfg.data, transforms=to_input), order[:n_val])
     else:
         train_set, val_set = base, None
-    extra = [open_dataset(cfg.dataset, p.strip(), transforms=to_input) for p in cfg.synth.split(",") if p.strip()]
+    extra = [open_dataset(*_kind_and_root(p.strip(), cfg.dataset), transforms=to_input) for p in cfg.synth.split(",") if p.strip()]
     if extra:
         train_set = ConcatDataset([train_set, *extra])
     return train_set, val_set
