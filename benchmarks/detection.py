@@ -205,7 +205,7 @@ def synthesize(train_root: Path, bases: list[int], transform: NoduleInpaint, ima
 
 # ------------------------------------------------------------------------------------- runs
 def detector_config(preset: dict[str, Any], out: Path, seed: int, steps: int, init: str = "", lr: float = 2e-4) -> DetectorConfig:
-    return DetectorConfig(out=str(out), init=init, image_size=preset["image_size"], steps=steps, batch_size=preset["batch_size"],
+    return DetectorConfig(out=str(out), init=init, arch=preset["arch"], image_size=preset["image_size"], steps=steps, batch_size=preset["batch_size"],
                           lr=lr, warmup_steps=min(50, steps // 5), eval_every=steps, checkpoint_every=max(steps // 4, 1),
                           log_every=max(steps // 10, 1), seed=seed)
 
@@ -330,7 +330,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def summarize(table3: list[dict[str, Any]], table4: list[dict[str, Any]], best: int, seeds: list[int], out: Path, meta: dict[str, Any]) -> dict[str, Any]:
+def summarize(table3: list[dict[str, Any]], table4: list[dict[str, Any]], best: int, seeds: list[int], out: Path, meta: dict[str, Any], stem: str = "detection") -> dict[str, Any]:
     def rows(results, key):
         groups: dict[Any, list[dict[str, Any]]] = {}
         for r in results:
@@ -354,8 +354,8 @@ def summarize(table3: list[dict[str, Any]], table4: list[dict[str, Any]], best: 
     rnd = [r["test"]["node21_score"] - hem_r[r["seed"]]["test"]["node21_score"] for r in by_method.get("random", []) if r["seed"] in hem_r]
     if rnd:
         summary["paired_random_minus_hem"] = {"node21_score": mean_std(rnd), "per_seed": rnd}
-    (out / "detection.json").write_text(json.dumps({"summary": summary, "runs": table3 + [r for r in table4 if r["method"] != "none"]}, indent=1) + "\n")
-    lines = ["# Detection benchmark (SimCXR)", "", f"{meta['preset']} preset; {len(seeds)} seeds; test set: {meta['test_images']} images "
+    (out / f"{stem}.json").write_text(json.dumps({"summary": summary, "runs": table3 + [r for r in table4 if r["method"] != "none"]}, indent=1) + "\n")
+    lines = [f"# Detection benchmark (SimCXR): {meta['detector']}", "", f"{meta['preset']} preset; {len(seeds)} seeds; test set: {meta['test_images']} images "
              f"({meta['test_nodule_images']} with nodules); real training images: {meta['real_images']} ({meta['real_nodule_images']} with nodules).",
              "Metrics on the test export, mean ± std over seeds (MONAI-mode FROC, IoU > 0.2).", "",
              "## Table III analog: ours (HEM diameters), N synthesized images", "",
@@ -368,7 +368,7 @@ def summarize(table3: list[dict[str, Any]], table4: list[dict[str, Any]], best: 
     for method, s in summary["table4"].items():
         pair = summary["paired_vs_none"].get(method, {}).get("node21_score")
         lines.append(f"| {labels[method]} | {_fmt(s['auc'])} | {_fmt(s['sensitivity'])} | {_fmt(s['node21_score'])} | {_fmt(pair) if pair else '—'} |")
-    (out / "detection.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     return summary
 
 
@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-data", default=None, help="SimCXR export rendered with another seed (default: built in --work)")
     parser.add_argument("--work", type=Path, default=None, help="cache of prepared data, runs and checkpoints (default runs/bench_detection[_quick])")
     parser.add_argument("--out", type=Path, default=None, help="where the tables and plots go (default benchmarks/results, or --work for --quick)")
+    parser.add_argument("--arch", choices=("fasterrcnn", "retinanet"), default="fasterrcnn", help="detector (default fasterrcnn)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -418,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     preset = dict(PRESETS[preset_name])
     if args.seeds:
         preset["seeds"] = args.seeds
-    work = args.work or Path("runs") / ("bench_detection_quick" if args.quick else "bench_detection")
+    preset["arch"] = args.arch
+    suffix = "" if args.arch == "fasterrcnn" else f"_{args.arch}"
+    stem = f"detection{suffix}"
+    work = args.work or Path("runs") / (("bench_detection_quick" if args.quick else "bench_detection") + suffix)
     out = args.out or (work if args.quick else Path("benchmarks/results"))
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -437,14 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"preset": preset_name, **{k: v for k, v in preset.items() if k != "seeds"}, "seeds": preset["seeds"],
             "train_data": str(train_root), "test_data": str(test_root), "test_images": len(prep["test"]),
             "test_nodule_images": sum(1 for it in prep["test"] if len(it["boxes"])), "real_images": len(prep["real"]),
-            "real_nodule_images": sum(1 for it in prep["real"] if len(it["boxes"])), "detector": "Faster R-CNN, EfficientNet-Lite0 FPN (ImageNet init)",
+            "real_nodule_images": sum(1 for it in prep["real"] if len(it["boxes"])), "detector": {"fasterrcnn": "Faster R-CNN", "retinanet": "RetinaNet"}[args.arch] + ", EfficientNet-Lite0 FPN (ImageNet init), " + f"{preset['image_size']} px",
             "threads": args.threads, "wall_seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__}
-    summary = summarize(table3, table4, best, preset["seeds"], out, meta)
-    plot_frocs(table4, out / "detection_froc.png", best)
+    summary = summarize(table3, table4, best, preset["seeds"], out, meta, stem)
+    plot_frocs(table4, out / f"{stem}_froc.png", best)
     hist = work / f"seed{preset['seeds'][0]}" / "missed_histogram.png"
     if hist.exists():
-        (out / "detection_missed_histogram.png").write_bytes(hist.read_bytes())
-    print((out / "detection.md").read_text())
+        (out / f"{stem}_missed_histogram.png").write_bytes(hist.read_bytes())
+    print((out / f"{stem}.md").read_text())
     pv = summary["paired_vs_none"].get("hem")
     if pv:
         spread = summary["table4"]["none"]["node21_score"][1]
