@@ -1,0 +1,525 @@
+"""Throughput of ``NoduleInpaint`` and of the paste-and-blend peer, per stage, against the
+machine's matmul rate; and what the augmentation costs a detector's DataLoader.
+
+    flock /tmp/cxr_cpu.lock .venv/bin/python benchmarks/throughput.py --device cpu --threads 2
+    .venv/bin/python benchmarks/throughput.py --quick --out /tmp/throughput.json   # < 1 min
+
+Every configuration runs in a fresh subprocess so that its peak resident memory
+(``ru_maxrss``) is its own. Inputs: the real radiograph RG1_UNCR.dcm (``pydicom-data``, as
+the README quickstart and tests/test_shipped.py use it), as float32 in [0, 1] resized to
+S x S; no lung mask (the shipped lung model finds the lungs) unless the row says "lung mask
+given". Models: the shipped ``weights/`` (``NoduleInpaint()``'s default). Nodule diameters:
+5-30 mm uniform with the radiograph taken as 350 mm wide, so 15-88 px at 1024 px.
+
+Per configuration:
+
+* nodules/s over ``--repeats`` timed calls after warm-up, and the per-stage wall time
+  (``time.perf_counter`` around the functional stages: lung mask, shape generation, size
+  modulation, placement, patch cutting, texture network, paste-back; "other" is parsing,
+  checks and writing the target back);
+* the texture stage's achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on the
+  very inputs it got; FFTs are not counted) and its ratio to a 2048^3 float32 matmul timed in
+  the same process just before;
+* peak RSS of the process.
+
+The peer is ``PasteBlendInpainter`` (NODE21-generation-baseline style: a real nodule residual
+resized into the hole and Poisson-blended) behind the same ``NoduleInpaint`` pipeline, so the
+two differ only in the texture stage. Its residual bank is cut from the SimCXR export in
+``data/simcxr_train`` when present (real projected nodules), else synthetic bumps (said in the
+output).
+
+The DataLoader row: a training step of the project's CPU detector (configs/detector-cpu.yaml:
+Faster R-CNN, Lite0 FPN, 256 px, batch 4, AdamW) fed by a 2-worker DataLoader whose dataset
+yields the 1024 px radiograph, with and without ``NoduleInpaint(p=0.5)`` before the detector's
+input transform; the overhead is ``with / without - 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+FIELD_OF_VIEW_MM = 350.0
+DIAMETERS_MM = (5.0, 30.0)
+STAGES = ("lung", "shape", "size", "placement", "cut", "texture", "paste")
+
+PRESETS = {
+    "full": dict(sizes=[1024, 2048], nodules=[1, 4], repeats=20, warmup=3, batch_images=8, matmul_n=2048,
+                 dl_image_size=1024, dl_batch=4, dl_warmup=3, dl_steps=15, det_size=256),
+    "quick": dict(sizes=[256], nodules=[2], repeats=2, warmup=1, batch_images=2, matmul_n=512,
+                  dl_image_size=256, dl_batch=2, dl_warmup=1, dl_steps=2, det_size=128),
+}
+TARGETS = {"nodules_per_s": 20.0, "matmul_fraction": 0.5, "peak_rss_mb": 2048.0, "peer_speedup": 2.0, "dataloader_overhead": 0.15}
+
+
+# -- child side ---------------------------------------------------------------------------------
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def radiograph(size: int):
+    """RG1_UNCR as a (1, size, size) float32 image in [0, 1]."""
+    import importlib.resources
+
+    import torch
+    import torch.nn.functional as F
+
+    from cxr_nodule_aug.io import read_image
+
+    raw = read_image(importlib.resources.files("data_store") / "data" / "RG1_UNCR.dcm").to_tensor().as_subclass(torch.Tensor).float()
+    raw = (raw - raw.min()) / (raw.max() - raw.min())
+    mode = "area" if size <= min(raw.shape[-2:]) else "bilinear"
+    return F.interpolate(raw[None], size=(size, size), mode=mode)[0].clamp_(0, 1).contiguous()
+
+
+def empty_target(size: int) -> dict:
+    import torch
+    from torchvision import tv_tensors
+
+    return {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(size, size)), "labels": torch.zeros(0, dtype=torch.int64)}
+
+
+def peer_bank(patch_size: int, max_fill: float, limit: int = 64):
+    """(residuals, masks, source): nodule residuals for PasteBlendInpainter."""
+    import torch
+    import torch.nn.functional as F
+
+    data = ROOT / "data" / "simcxr_train"
+    if (data / "pairs").is_dir():
+        from cxr_nodule_aug.datasets import SimCXRDataset
+        from cxr_nodule_aug.functional.intensity import to_working
+
+        ds = SimCXRDataset(data, subset="nodule", return_pair=True)
+        res, msk = [], []
+        for i in range(len(ds)):
+            image, target = ds[i]
+            image = image.as_subclass(torch.Tensor)
+            _, lo, hi = to_working(image)
+            diff = (image.float() - target["image_nodule_free"].as_subclass(torch.Tensor).float()).mean(0) / (hi - lo)
+            for m in target["masks"].as_subclass(torch.Tensor).bool():
+                if not m.any():
+                    continue
+                ys, xs = torch.nonzero(m, as_tuple=True)
+                cy, cx = (int(ys.min()) + int(ys.max())) // 2, (int(xs.min()) + int(xs.max())) // 2
+                half = max(int(ys.max() - ys.min()), int(xs.max() - xs.min())) + 2
+                y0, x0 = max(cy - half, 0), max(cx - half, 0)
+                crop = (diff * m)[y0 : cy + half, x0 : cx + half]
+                mcrop = m[y0 : cy + half, x0 : cx + half].float()
+                res.append(F.interpolate(crop[None, None], size=(patch_size, patch_size), mode="bilinear", align_corners=False)[0])
+                msk.append((F.interpolate(mcrop[None, None], size=(patch_size, patch_size), mode="bilinear", align_corners=False)[0] > 0.5).float())
+                if len(res) >= limit:
+                    return torch.stack(res), torch.stack(msk), f"SimCXR residuals ({data.relative_to(ROOT)}, {len(res)} nodules)"
+        if res:
+            return torch.stack(res), torch.stack(msk), f"SimCXR residuals ({data.relative_to(ROOT)}, {len(res)} nodules)"
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(patch_size), torch.arange(patch_size), indexing="ij")
+    c = (patch_size - 1) / 2
+    radius = patch_size * max_fill / 2 * (0.6 + 0.4 * torch.rand(limit, generator=g))
+    r2 = ((yy - c) ** 2 + (xx - c) ** 2)[None].float()
+    masks = (r2 <= radius[:, None, None] ** 2).float()[:, None]
+    residuals = 0.08 * torch.exp(-r2 / (2 * (radius[:, None, None] / 2) ** 2))[:, None] * masks
+    return residuals, masks, "synthetic Gaussian bumps (no SimCXR export in data/simcxr_train)"
+
+
+def matmul_gflops(n: int, device) -> float:
+    import torch
+
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    times = []
+    for _ in range(12):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    times = sorted(times[2:])
+    return 2 * n**3 / times[len(times) // 2] / 1e9
+
+
+class StageTimer:
+    """Wraps the functional stages with perf_counter timers (patched module attributes)."""
+
+    def __init__(self, device) -> None:
+        import cxr_nodule_aug.functional.insertion as insertion
+        import cxr_nodule_aug.transforms.nodule_inpaint as nodule_inpaint
+        from cxr_nodule_aug.models.shape import ShapeGenerator
+        from cxr_nodule_aug.transforms._base import NoduleTransformBase
+
+        self.device = device
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.texture_inputs: list[tuple] = []
+        self.record_inputs = False
+        self._undo = []
+        for stage, owner, name in (
+            ("lung", NoduleTransformBase, "lung_mask_and_working"),
+            ("shape", ShapeGenerator, "generate"),
+            ("size", nodule_inpaint, "nodule_footprints"),
+            ("placement", nodule_inpaint, "place_nodules"),
+            ("cut", insertion, "_cut"),
+            ("texture", insertion, "run_texture"),
+            ("paste", insertion, "_paste"),
+        ):
+            self._wrap(stage, owner, name)
+
+    def _wrap(self, stage, owner, name):
+        inner = getattr(owner, name)
+        timer = self
+
+        def timed(*args, **kwargs):
+            if stage == "texture" and timer.record_inputs:
+                timer.texture_inputs.append((args[1].clone(), args[2].clone()))
+            _sync(timer.device)
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            _sync(timer.device)
+            timer.seconds[stage] += time.perf_counter() - t0
+            return out
+
+        setattr(owner, name, timed)
+        self._undo.append((owner, name, inner))
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.texture_inputs = []
+
+
+def counted_flops(model, inputs) -> int:
+    """FLOPs of the texture model on the recorded (patches, holes) batches (not timed)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        for patches, holes in inputs:
+            model(patches.to(next(model.parameters()).dtype), holes)
+    return counter.get_total_flops()
+
+
+def child_insert(cfg: dict) -> dict:
+    import torch
+
+    from cxr_nodule_aug import NoduleInpaint
+    from cxr_nodule_aug.baselines import PasteBlendInpainter
+    from cxr_nodule_aug.models.texture import TextureGenerator
+    from cxr_nodule_aug.hub import default_weights_dir
+
+    device = torch.device(cfg["device"])
+    size, n, images = cfg["size"], cfg["nodules"], cfg["images"]
+    extra = {}
+    texture_model = None
+    if cfg["method"] == "peer":
+        shipped = TextureGenerator.from_pretrained(default_weights_dir() / "texture")
+        residuals, masks, source = peer_bank(shipped.patch_size, shipped.max_fill)
+        texture_model = PasteBlendInpainter(residuals, masks, patch_size=shipped.patch_size, max_fill=shipped.max_fill, strength=0.5)
+        extra["peer_bank"] = source
+    tf = NoduleInpaint(diameters=DIAMETERS_MM, unit="mm", pixel_spacing_mm=FIELD_OF_VIEW_MM / size, num_nodules=n, p=1.0,
+                       texture_model=texture_model, generator=torch.Generator().manual_seed(cfg["seed"]), device=device)
+    from torchvision import tv_tensors
+
+    image = tv_tensors.Image(radiograph(size).to(device))
+    target = empty_target(size)
+    if cfg["lung"] == "given":
+        target["lung_mask"] = tv_tensors.Mask(tf.lung_mask(image.as_subclass(torch.Tensor), target))
+    samples = [(image, target)] * images
+    timer = StageTimer(device)
+
+    def step():
+        return tf.batch(samples) if images > 1 else [tf(image, target)]
+
+    for _ in range(cfg["warmup"]):
+        step()
+    gflops_matmul = matmul_gflops(cfg["matmul_n"], device)
+    timer.reset()
+    timer.record_inputs = True
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(cfg["repeats"]):
+        out = step()
+    _sync(device)
+    total = time.perf_counter() - t0
+    timer.record_inputs = False
+    seconds = dict(timer.seconds)
+    inserted = sum(len(o[1]["nodules"]) for o in out) * cfg["repeats"]
+    flops = counted_flops(tf.texture_model, timer.texture_inputs)
+    per_image = cfg["repeats"] * images
+    stages_ms = {k: 1000 * v / per_image for k, v in seconds.items()}
+    stages_ms["other"] = 1000 * total / per_image - sum(stages_ms.values())
+    texture_gflops = flops / seconds["texture"] / 1e9 if seconds["texture"] > 0 else 0.0
+    return {
+        **cfg, **extra,
+        "nodules_per_s": inserted / total,
+        "ms_per_image": 1000 * total / per_image,
+        "stages_ms_per_image": stages_ms,
+        "texture_gflop_per_nodule": flops / inserted / 1e9,
+        "texture_gflops": texture_gflops,
+        "matmul_gflops": gflops_matmul,
+        "matmul_fraction": texture_gflops / gflops_matmul,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+class _DetectionSet:
+    """The same radiograph as a detector sample: optional augmentation at full resolution, then
+    the detector's input transform (window + resize), as a training pipeline would do."""
+
+    def __init__(self, image, length: int, augment, to_input, lung=None) -> None:
+        self.image, self.length, self.augment, self.to_input, self.lung = image, length, augment, to_input, lung
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, idx: int):
+        from torchvision import tv_tensors
+
+        image, target = tv_tensors.Image(self.image), empty_target(self.image.shape[-1])
+        if self.lung is not None:
+            target["lung_mask"] = tv_tensors.Mask(self.lung)
+        if self.augment is not None:
+            image, target = self.augment(image, target)
+        return self.to_input(image, target)
+
+
+def build_detector(size: int):
+    """The project's CPU detector (configs/detector-cpu.yaml: Faster R-CNN, Lite0 FPN), random
+    init (the ImageNet start changes no timing); torchvision's MobileNet one if it is absent."""
+    import torch
+
+    torch.manual_seed(0)
+    try:
+        from cxr_nodule_aug.detection import NoduleDetector, ToDetectorInput, detection_collate
+    except ImportError:
+        from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+        from torchvision.transforms import v2
+
+        model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=2, min_size=size, max_size=size)
+        return model, v2.Resize((size, size)), _collate, "torchvision fasterrcnn_mobilenet_v3_large_fpn (cxr_nodule_aug.detection absent)"
+    model = NoduleDetector(arch="fasterrcnn", backbone="lite0", image_size=size, anchor_size=8, fpn_channels=64, box_head_width=256)
+    return model, ToDetectorInput(size), detection_collate, f"NoduleDetector(fasterrcnn, lite0, image_size={size}) as configs/detector-cpu.yaml"
+
+
+def _collate(batch):
+    images, targets = zip(*batch)
+    return [im.expand(3, -1, -1) for im in images], [{"boxes": t["boxes"].float(), "labels": t["labels"]} for t in targets]
+
+
+def child_dataloader(cfg: dict) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cxr_nodule_aug import NoduleInpaint
+
+    size = cfg["dl_image_size"]
+    image = radiograph(size)
+    augment = NoduleInpaint(diameters=DIAMETERS_MM, unit="mm", pixel_spacing_mm=FIELD_OF_VIEW_MM / size, num_nodules=(1, 3), p=0.5)
+    model, to_input, collate, detector = build_detector(cfg["det_size"])
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    result = {**cfg, "detector": detector}
+    lung = augment.lung_mask(image, empty_target(size))
+    for label, aug, given in (("without", None, None), ("with", augment, None), ("with_lung_mask_given", augment, lung)):
+        torch.manual_seed(cfg["seed"])
+        loader = DataLoader(_DetectionSet(image, cfg["dl_images"], aug, to_input, given), batch_size=cfg["dl_batch"], num_workers=2, collate_fn=collate)
+        steps, t0 = 0, None
+        for i, (images, targets) in enumerate(loader):
+            if i == cfg["dl_warmup"]:
+                t0 = time.perf_counter()
+            loss = sum(model(images, targets).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if t0 is not None:
+                steps += 1
+            if steps == cfg["dl_steps"]:
+                break
+        result[f"step_s_{label}"] = (time.perf_counter() - t0) / steps
+        del loader
+    result["overhead"] = result["step_s_with"] / result["step_s_without"] - 1
+    result["overhead_lung_mask_given"] = result["step_s_with_lung_mask_given"] / result["step_s_without"] - 1
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def child_main(cfg: dict) -> None:
+    import torch
+
+    torch.set_num_threads(cfg["threads"])
+    out = child_dataloader(cfg) if cfg["kind"] == "dataloader" else child_insert(cfg)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+# -- parent side --------------------------------------------------------------------------------
+def cpu_busy_fraction(seconds: float = 2.0) -> float | None:
+    """Fraction of all CPUs busy over ``seconds`` (from /proc/stat), before a run: anything
+    well above 0 means another process is competing and the timings are not clean."""
+    def read():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + values[4]
+        return sum(values) - idle, sum(values)
+
+    try:
+        busy0, total0 = read()
+        time.sleep(seconds)
+        busy1, total1 = read()
+    except OSError:
+        return None
+    return round((busy1 - busy0) / max(total1 - total0, 1), 3)
+
+
+def run_child(cfg: dict) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]), MKL_NUM_THREADS=str(cfg["threads"]))
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"configuration {cfg} failed:\n{proc.stderr[-4000:]}")
+    line = next(ln for ln in proc.stdout.splitlines()[::-1] if ln.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def row_label(r: dict) -> str:
+    label = f"{r['size']}px, {r['nodules']}/img"
+    if r["images"] > 1:
+        label += f", batch() of {r['images']}"
+    if r["lung"] == "given":
+        label += ", lung mask given"
+    return label
+
+
+def configurations(p: dict, args) -> list[dict]:
+    base = {"kind": "insert", "device": args.device, "threads": args.threads, "seed": args.seed, "repeats": p["repeats"], "warmup": p["warmup"], "matmul_n": p["matmul_n"], "images": 1, "lung": "model"}
+    cfgs = []
+    for size in p["sizes"]:
+        for n in p["nodules"]:
+            for method in ("ours", "peer"):
+                cfgs.append({**base, "method": method, "size": size, "nodules": n})
+    small, most = p["sizes"][0], p["nodules"][-1]
+    cfgs.append({**base, "method": "ours", "size": small, "nodules": p["nodules"][0], "lung": "given"})
+    cfgs.append({**base, "method": "ours", "size": small, "nodules": most, "images": p["batch_images"], "repeats": max(1, p["repeats"] // p["batch_images"] * 2)})
+    return cfgs
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# NoduleInpaint throughput ({result['preset']} preset, {result['device']}, {result['threads']} threads)",
+        "",
+        f"Command: `{result['command']}`. Machine: {result['machine']}; CPUs busy with other work just before / after the run: {result['cpu_busy_before']} / {result['cpu_busy_after']} (fraction; load average {result['loadavg_before'][0]} / {result['loadavg_after'][0]}).",
+        f"Radiograph RG1_UNCR (float32, resized), shipped weights, diameters {DIAMETERS_MM[0]:g}-{DIAMETERS_MM[1]:g} mm "
+        f"({FIELD_OF_VIEW_MM:g} mm field of view). Stage times in ms per image. Peer residual bank: {result['peer_bank']}.",
+        "",
+        "| config | method | nodules/s | ms/image | " + " | ".join(STAGES) + " | other | texture GFLOP/nodule | texture GFLOP/s | % of matmul | peak RSS MB |",
+        "|---|---|---:|---:|" + "---:|" * len(STAGES) + "---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        s = r["stages_ms_per_image"]
+        lines.append(
+            f"| {row_label(r)} | {'NoduleInpaint' if r['method'] == 'ours' else 'paste-and-blend'} | {r['nodules_per_s']:.1f} | {r['ms_per_image']:.1f} | "
+            + " | ".join(f"{s[k]:.1f}" for k in STAGES)
+            + f" | {s['other']:.1f} | {r['texture_gflop_per_nodule']:.3f} | {r['texture_gflops']:.1f} | {100 * r['matmul_fraction']:.0f}% | {r['peak_rss_mb']:.0f} |"
+        )
+    d = result["dataloader"]
+    lines += [
+        "",
+        f"Matmul ({result['matmul_n']}^3 float32, same processes): {min(r['matmul_gflops'] for r in result['rows']):.0f}-{max(r['matmul_gflops'] for r in result['rows']):.0f} GFLOP/s.",
+        "",
+        f"DataLoader ({d['detector']}; radiograph {d['dl_image_size']} px augmented at full size, then resized to {d['det_size']} px; batch {d['dl_batch']}, 2 workers, AdamW): "
+        f"{d['step_s_without']:.3f} s/step without, {d['step_s_with']:.3f} s/step with NoduleInpaint(p=0.5): overhead {100 * d['overhead']:.1f}% "
+        f"({d['step_s_with_lung_mask_given']:.3f} s/step, {100 * d['overhead_lung_mask_given']:.1f}%, when the dataset supplies the lung mask).",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += [f"- {t['name']}: {t['value']} ({'met' if t['met'] else 'NOT met'})" for t in result["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_targets(result: dict) -> list[dict]:
+    rows = result["rows"]
+    out = []
+    size = 1024 if any(r["size"] == 1024 for r in rows) else rows[0]["size"]
+    for r in rows:
+        if r["method"] == "ours" and r["size"] == size and r["images"] == 1:
+            out.append({"name": f">= {TARGETS['nodules_per_s']:g} nodules/s, {row_label(r)}", "value": f"{r['nodules_per_s']:.1f} nodules/s", "met": r["nodules_per_s"] >= TARGETS["nodules_per_s"]})
+    ours = [r for r in rows if r["method"] == "ours"]
+    best = max(r["matmul_fraction"] for r in ours)
+    worst = min(r["matmul_fraction"] for r in ours)
+    out.append({"name": f"texture network >= {100 * TARGETS['matmul_fraction']:.0f}% of the same-run matmul GFLOP/s", "value": f"{100 * worst:.0f}-{100 * best:.0f}% across rows", "met": best >= TARGETS["matmul_fraction"]})
+    rss = max(r["peak_rss_mb"] for r in rows + [result["dataloader"]])
+    out.append({"name": f"peak RSS < {TARGETS['peak_rss_mb']:.0f} MB", "value": f"max {rss:.0f} MB", "met": rss < TARGETS["peak_rss_mb"]})
+    for r in rows:
+        if r["method"] != "peer":
+            continue
+        mine = next(o for o in ours if o["size"] == r["size"] and o["nodules"] == r["nodules"] and o["images"] == 1 and o["lung"] == "model")
+        ratio = mine["nodules_per_s"] / r["nodules_per_s"]
+        out.append({"name": f">= {TARGETS['peer_speedup']:g}x the peer's nodules/s, {row_label(r)}", "value": f"{ratio:.2f}x", "met": ratio >= TARGETS["peer_speedup"]})
+    d = result["dataloader"]
+    out.append({"name": f"DataLoader overhead of NoduleInpaint(p=0.5) <= {100 * TARGETS['dataloader_overhead']:.0f}% of a detector step", "value": f"{100 * d['overhead']:.1f}%", "met": d["overhead"] <= TARGETS["dataloader_overhead"]})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny smoke preset (256 px, 2 repeats; < 1 min)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--threads", type=int, default=2, help="torch/OMP threads per process")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput_<device>.json; a .md is written next to it)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child is not None:
+        child_main(json.loads(args.child))
+        return 0
+    preset = "quick" if args.quick else "full"
+    out = Path(args.out) if args.out else RESULTS / f"throughput_{args.device}.json"
+    if args.quick and out.resolve().parent == RESULTS.resolve():
+        ap.error("--quick results are a smoke test: pass --out outside benchmarks/results")
+    p = PRESETS[preset]
+    result = {
+        "preset": preset, "device": args.device, "threads": args.threads,
+        "command": " ".join(["python", "benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()], "cpu_busy_before": cpu_busy_fraction(), "matmul_n": p["matmul_n"], "rows": [],
+    }
+    if args.device == "cuda":
+        import torch
+
+        result["machine"] += f", {torch.cuda.get_device_name()}"
+    for cfg in configurations(p, args):
+        row = run_child(cfg)
+        result["rows"].append(row)
+        print(f"{row_label(row):40s} {row['method']:5s} {row['nodules_per_s']:7.1f} nodules/s  {row['ms_per_image']:7.1f} ms/image  "
+              f"texture {100 * row['matmul_fraction']:3.0f}% of matmul  RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+    result["peer_bank"] = next(r["peer_bank"] for r in result["rows"] if r["method"] == "peer")
+    dl = {"kind": "dataloader", "device": "cpu", "threads": args.threads, "seed": args.seed, **{k: v for k, v in p.items() if k.startswith(("dl_", "det_"))}}
+    dl["dl_images"] = dl["dl_batch"] * (dl["dl_warmup"] + dl["dl_steps"])
+    result["dataloader"] = run_child(dl)
+    print(f"DataLoader: {result['dataloader']['step_s_without']:.3f} s/step without, {result['dataloader']['step_s_with']:.3f} s/step with "
+          f"(overhead {100 * result['dataloader']['overhead']:.1f}%; {100 * result['dataloader']['overhead_lung_mask_given']:.1f}% with the lung mask given) "
+          f"[{result['dataloader']['detector']}]", flush=True)
+    result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["cpu_busy_after"] = cpu_busy_fraction()
+    result["targets"] = evaluate_targets(result)
+    busy = [b for b in (result["cpu_busy_before"], result["cpu_busy_after"]) if b is not None]
+    if busy and max(busy) > 0.2:
+        print(f"\nWARNING: {100 * max(busy):.0f}% of the CPUs were busy with other work just before/after the run: timings are not clean.")
+    print("\nTargets:")
+    for t in result["targets"]:
+        print(f"  [{'met' if t['met'] else 'NOT met'}] {t['name']}: {t['value']}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
