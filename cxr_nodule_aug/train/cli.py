@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("cxr_nodule_aug.train.commands.export", "turn a training run into a weights directory with a model card (and push it to the Hub)"),
     "info": ("cxr_nodule_aug.train.commands.info", "show the version, the device and where weights load from"),
     "sim": ("cxr_nodule_aug.train.commands.sim", "export simulated radiographs with 3-D nodules (SimCXR)"),
+    "synthesize": ("cxr_nodule_aug.train.commands.synthesize", "write a pre-synthesized detection set (NODE21 layout, replayable records) from a dataset, for train detector synth=node21:DIR"),
     "eval": ("cxr_nodule_aug.train.commands.eval", "NODE21 detection metrics (AUC, FROC, score) from a prediction JSON"),
 }
 

@@ -1,0 +1,407 @@
+"""``cxr-nodule-aug synthesize``: write a pre-synthesized nodule detection set (NODE21 layout).
+
+Picks ``--count`` source images of ``--data`` (a seeded shuffle, cycled when the count exceeds
+the dataset), inserts nodules into each with :class:`~cxr_nodule_aug.NoduleInpaint` (``p=1``)
+and writes, to ``--out``::
+
+    images/<name>.png        the synthesized radiograph: 16-bit PNG for 16-bit sources (8-bit for
+                             8-bit ones), the source's values kept as they are (no rescaling)
+    lung_masks/<name>.png    8-bit 0/255 lung field, when the source sample has one (SimCXR)
+    metadata.csv             NODE21: img_name,x,y,width,height,label; one label-1 row per box
+                             (the source's own boxes, then the inserted nodules), a label-0 row
+                             of zeros for an image without boxes
+    pixel_spacing.csv        img_name,row_mm,col_mm (empty when unknown): PNG as read by
+                             Node21Dataset carries no spacing, so it is kept here
+    records.jsonl            one line per inserted nodule: img_name, source_id, source_index,
+                             source_image ("image" or "image_nodule_free") and the NoduleRecord
+                             (``record``), which ``InsertNodules([record])`` replays on the source
+    manifest.json            the arguments, the library version, the count, "complete"
+
+``Node21Dataset(out)`` reads it, and ``cxr-nodule-aug train detector ... synth=node21:OUT``
+trains on it next to the real data.
+
+Image ``i`` depends only on the arguments and ``i`` (its generator is seeded from
+``(--seed, i)``), so an interrupted run resumes where it stopped and gives the same bytes as one
+uninterrupted run. Networks run single-threaded for the same reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "cxr-nodule-aug-synthesize/1"
+DATASETS = ("simcxr", "node21", "vindr")
+
+
+# -- argument types ------------------------------------------------------------------------------
+def _numbers(text: str, flag: str, cast: type, low: float) -> float | tuple[float, float]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [cast(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a number or 'min,max'") from None
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a number or 'min,max'")
+    if any(not np.isfinite(v) or v < low for v in values):
+        raise argparse.ArgumentTypeError(f"{flag} {text!r}: values must be >= {low}")
+    if len(values) == 2 and values[0] > values[1]:
+        raise argparse.ArgumentTypeError(f"{flag} {text!r}: min is above max")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _diameters(text: str) -> str:
+    """A HEM sampler file (checked in run) or a validated number / range (kept as text)."""
+    if text.endswith(".json"):
+        return text
+    value = _numbers(text, "--diameters", float, 0.0)
+    if min(value if isinstance(value, tuple) else (value,)) <= 0:
+        raise argparse.ArgumentTypeError(f"--diameters {text!r}: diameters must be positive")
+    return text
+
+
+def _num_nodules(text: str) -> int | tuple[int, int]:
+    value = _numbers(text, "--num-nodules", int, 0)
+    if max(value if isinstance(value, tuple) else (value,)) < 1:
+        raise argparse.ArgumentTypeError(f"--num-nodules {text!r}: must allow at least one nodule")
+    return value
+
+
+def _contrast(text: str) -> float | tuple[float, float]:
+    return _numbers(text, "--contrast", float, 0.0)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--count {text!r}: expected a whole number >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--count {text!r}: expected a whole number >= 1")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed {text!r}: expected a whole number >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--seed {text!r}: expected a whole number >= 0")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Writes images/<name>.png, metadata.csv (NODE21), records.jsonl (one NoduleRecord per inserted nodule, "
+        "replayable with InsertNodules on the source image), pixel_spacing.csv (the spacing the PNGs cannot carry: "
+        "Node21Dataset reads them with pixel_spacing_mm=None), lung_masks/ (when the source has lung masks) and "
+        "manifest.json. Read it with Node21Dataset(OUT) or train on it with 'train detector ... synth=node21:OUT'. "
+        "Rerunning the same command resumes; another command on a non-empty OUT is refused."
+    )
+    parser.add_argument("--data", required=True, help="source dataset root")
+    parser.add_argument("--dataset", default="simcxr", choices=DATASETS, help="source dataset kind (default simcxr)")
+    parser.add_argument("--count", type=_count, required=True, help="images to write (sources are cycled when this exceeds the dataset)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (new, empty, or a run of the same command to resume)")
+    parser.add_argument("--diameters", type=_diameters, default="4,24",
+                        help="nodule diameter: a number, 'min,max' (uniform), or a hem_sampler.json from 'cxr-nodule-aug hem' (default 4,24)")
+    parser.add_argument("--unit", choices=("mm", "px"), default="mm",
+                        help="unit of a numeric --diameters (default mm; needs the source's pixel spacing); a sampler file has its own")
+    parser.add_argument("--num-nodules", type=_num_nodules, default="1,3", help="nodules per image: a number or 'min,max' (default 1,3)")
+    parser.add_argument("--contrast", type=_contrast, default="1.0", help="contrast scale: a number or 'min,max' (default 1.0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="seeds the choice of source images and every nodule (default 0)")
+    parser.add_argument("--weights", default=None, help="weights directory or org/name[@rev] (default: the shipped weights)")
+    parser.add_argument("--nodule-free-only", action="store_true",
+                        help="only sources without boxes; for SimCXR, a nodule image's nodule-free twin is used (its boxes dropped)")
+    parser.add_argument("--device", default="cpu", help="where the networks run (default cpu); records replay exactly on the same device")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"cxr-nodule-aug synthesize: {message}")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The generator seed of output image ``index`` (independent of every other image)."""
+    return int(np.random.SeedSequence([int(seed), int(index), 5]).generate_state(1, dtype=np.uint64)[0] % 2**63)
+
+
+def source_order(num_sources: int, count: int, seed: int) -> list[int]:
+    """``count`` positions into the eligible sources: a seeded shuffle, cycled."""
+    perm = np.random.default_rng([int(seed), 11]).permutation(num_sources).tolist()
+    return [perm[i % num_sources] for i in range(count)]
+
+
+def _source_boxes(dataset: Any, index: int) -> int:
+    """Number of boxes of source ``index`` without reading its pixels where the dataset allows."""
+    if hasattr(dataset, "records"):  # SimCXRDataset
+        return len(dataset.records[index]["nodules"])
+    if hasattr(dataset, "items"):  # AnnotatedImages (NODE21, VinDr)
+        return len(dataset.items[index][2])
+    return len(dataset[index][1]["boxes"])
+
+
+def _source_id(dataset: Any, index: int) -> str:
+    """The source's image id without reading its pixels where the dataset allows."""
+    if hasattr(dataset, "records"):  # SimCXRDataset: image_id is the file stem
+        return Path(dataset.records[index]["img_name"]).stem
+    if hasattr(dataset, "items"):
+        return str(dataset.items[index][0])
+    return str(dataset[index][1].get("image_id", index))
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or "image"
+
+
+def _manifest_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments that decide the output bytes, in a form that compares across reruns."""
+    diameters = args.diameters
+    sampler_sha = None
+    if diameters.endswith(".json"):
+        path = Path(diameters)
+        if not path.is_file():
+            raise _fail(f"--diameters {diameters!r}: no such HEM sampler file")
+        sampler_sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        diameters = str(path.resolve())
+    weights = args.weights
+    if weights is not None and Path(weights).expanduser().is_dir():
+        weights = str(Path(weights).expanduser().resolve())
+    return {
+        "data": str(Path(args.data).resolve()), "dataset": args.dataset, "count": args.count,
+        "diameters": diameters, "diameters_sha256": sampler_sha, "unit": args.unit,
+        "num_nodules": args.num_nodules, "contrast": args.contrast, "seed": args.seed,
+        "weights": weights, "nodule_free_only": bool(args.nodule_free_only), "device": args.device,
+    }
+
+
+def _check_or_write_manifest(out: Path, manifest: dict[str, Any]) -> bool:
+    """Create ``out/manifest.json`` or check that ``out`` holds the same run; True if complete."""
+    path = out / "manifest.json"
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {str(out)!r} is a file, not a directory")
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise _fail(f"--out {str(out)!r}: unreadable manifest.json ({err}); use a new --out") from None
+        old_core = {k: v for k, v in old.items() if k != "complete"}
+        if old_core != manifest:
+            keys = set(old_core.get("arguments", {})) | set(manifest["arguments"])
+            diff = sorted(k for k in keys if old_core.get("arguments", {}).get(k) != manifest["arguments"].get(k))
+            diff += [k for k in ("format", "library_version") if old_core.get(k) != manifest[k]]
+            raise _fail(
+                f"--out {str(out)!r} holds a synthesized set made by a different command (differs in: {', '.join(diff)}); "
+                "use a new --out, or the same arguments to resume"
+            )
+        return bool(old.get("complete"))
+    if out.is_dir() and any(out.iterdir()):
+        raise _fail(f"--out {str(out)!r} is not empty and holds no synthesize manifest.json: refusing to mix datasets; use a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps({**manifest, "complete": False}, indent=1, sort_keys=True).encode())
+    return False
+
+
+def _to_numpy(image) -> np.ndarray:
+    """(1, H, W) integer tensor -> (H, W) uint8/uint16 array, values unchanged."""
+    import torch
+
+    t = image.as_subclass(torch.Tensor).detach().cpu()
+    if t.ndim != 3 or t.shape[0] != 1:
+        raise ValueError(f"expected a single-channel (1, H, W) image, got shape {tuple(t.shape)}")
+    if t.dtype == torch.uint8:
+        return t[0].numpy()
+    if t.dtype == torch.uint16:
+        return t[0].to(torch.int32).numpy().astype(np.uint16)
+    raise ValueError(f"image dtype {t.dtype} cannot be written as an 8/16-bit PNG without rescaling (only uint8 and uint16 sources are supported)")
+
+
+# -- the work ------------------------------------------------------------------------------------
+def _open_sources(args: argparse.Namespace):
+    from cxr_nodule_aug.train.detector import open_dataset
+
+    dataset = open_dataset(args.dataset, args.data)
+    if args.dataset == "simcxr" and args.nodule_free_only:
+        from cxr_nodule_aug.datasets import SimCXRDataset
+
+        dataset = SimCXRDataset(args.data, return_pair=True)
+    if len(dataset) == 0:
+        raise ValueError(f"--data {args.data!r}: the {args.dataset} dataset holds no images")
+    eligible = list(range(len(dataset)))
+    if args.nodule_free_only and args.dataset != "simcxr":
+        eligible = [i for i in eligible if _source_boxes(dataset, i) == 0]
+        if not eligible:
+            raise ValueError(f"--nodule-free-only: no image of --data {args.data!r} is without boxes")
+    return dataset, eligible
+
+
+def _make_transform(args: argparse.Namespace):
+    import torch
+
+    from cxr_nodule_aug import HEMSampler, NoduleInpaint
+
+    if args.diameters.endswith(".json"):
+        diameters: Any = HEMSampler.load(args.diameters)
+        unit = diameters.unit
+    else:
+        diameters = _numbers(args.diameters, "--diameters", float, 0.0)
+        unit = args.unit
+    return NoduleInpaint(diameters=diameters, unit=unit, num_nodules=args.num_nodules, contrast=args.contrast, p=1.0,
+                         weights=args.weights, device=args.device, generator=torch.Generator())
+
+
+def _clean_sample(image, target, nodule_free_twin: bool):
+    """Only what insertion needs: boxes, labels, lung mask, spacing (the source's own records,
+    instance masks and heart masks are not carried into the synthesized set)."""
+    import torch
+    from torchvision import tv_tensors
+
+    boxes = target["boxes"]
+    if nodule_free_twin:  # the twin has none of the original nodules
+        boxes = tv_tensors.wrap(boxes.as_subclass(torch.Tensor)[:0], like=boxes)
+    clean = {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64), "pixel_spacing_mm": target.get("pixel_spacing_mm")}
+    if target.get("lung_mask") is not None:
+        clean["lung_mask"] = target["lung_mask"]
+    return image, clean
+
+
+def synthesize_one(tf, dataset, source_index: int, index: int, name: str, seed: int, out: Path, nodule_free_only: bool) -> dict[str, Any]:
+    """Write image ``index`` (pixels, lung mask) and return its part (boxes, records, spacing)."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    image, target = dataset[source_index]
+    source_id = str(target.get("image_id", source_index))
+    use_twin = nodule_free_only and "image_nodule_free" in target and len(target["boxes"]) > 0
+    if use_twin:
+        image = target["image_nodule_free"]
+    image, clean = _clean_sample(image, target, use_twin)
+    tf.generator.manual_seed(image_seed(seed, index))
+    try:
+        out_image, out_target = tf(image, clean)
+    except ValueError as err:  # PlacementError included
+        raise ValueError(f"source image {source_id!r} (output {name}): {err}") from err
+    boxes = out_target["boxes"]
+    xyxy = TF.convert_bounding_box_format(boxes.as_subclass(torch.Tensor).float(), old_format=boxes.format, new_format="XYXY")
+    records = out_target["nodules"]
+    _atomic_write(out / "images" / f"{name}.png", _png_bytes(_to_numpy(out_image)))
+    if "lung_mask" in clean:
+        lung = clean["lung_mask"].as_subclass(torch.Tensor).cpu().bool().numpy().astype(np.uint8) * 255
+        _atomic_write(out / "lung_masks" / f"{name}.png", _png_bytes(lung))
+    spacing = clean.get("pixel_spacing_mm")
+    return {
+        "img_name": f"{name}.png", "source_id": source_id, "source_index": int(source_index),
+        "source_image": "image_nodule_free" if use_twin else "image",
+        "boxes_xyxy": [[float(v) for v in b] for b in xyxy.tolist()],
+        "pixel_spacing_mm": None if spacing is None else [float(v) for v in torch.as_tensor(spacing, dtype=torch.float64).flatten().tolist()],
+        "records": [r.to_dict() for r in records],
+    }
+
+
+def _number(value: float) -> int | str:
+    """Whole pixels as integers (as NODE21 writes them), anything else exactly."""
+    return int(value) if float(value).is_integer() else repr(float(value))
+
+
+def _write_dataset_files(out: Path, parts: list[dict[str, Any]]) -> None:
+    meta = io.StringIO()
+    w = csv.writer(meta, lineterminator="\n")
+    w.writerow(["img_name", "x", "y", "width", "height", "label"])
+    spacing = io.StringIO()
+    sw = csv.writer(spacing, lineterminator="\n")
+    sw.writerow(["img_name", "row_mm", "col_mm"])
+    lines = []
+    for part in parts:
+        if not part["boxes_xyxy"]:
+            w.writerow([part["img_name"], 0, 0, 0, 0, 0])
+        for x0, y0, x1, y1 in part["boxes_xyxy"]:
+            w.writerow([part["img_name"], *(_number(v) for v in (x0, y0, x1 - x0, y1 - y0)), 1])
+        sw.writerow([part["img_name"], *(part["pixel_spacing_mm"] or ["", ""])])
+        for record in part["records"]:
+            line = {k: part[k] for k in ("img_name", "source_id", "source_index", "source_image")}
+            lines.append(json.dumps({**line, "record": record}, sort_keys=True))
+    _atomic_write(out / "metadata.csv", meta.getvalue().encode())
+    _atomic_write(out / "pixel_spacing.csv", spacing.getvalue().encode())
+    _atomic_write(out / "records.jsonl", "".join(line + "\n" for line in lines).encode())
+    if (out / "lung_masks").is_dir() and not any((out / "lung_masks").iterdir()):
+        (out / "lung_masks").rmdir()  # sources without lung masks (real datasets)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from cxr_nodule_aug import __version__
+
+    out: Path = args.out
+    try:
+        if not Path(args.data).is_dir():
+            raise ValueError(f"--data {args.data!r}: no such directory")
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise ValueError(f"--device {args.device!r}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+        # Through JSON once, so that it compares equal to the manifest read back on resume.
+        manifest = json.loads(json.dumps({"format": FORMAT, "library_version": __version__, "arguments": _manifest_arguments(args), "count": args.count}))
+        dataset, eligible = _open_sources(args)
+        tf = _make_transform(args)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        raise _fail(str(err)) from None
+    created = not out.exists()
+    if _check_or_write_manifest(out, manifest):
+        print(f"{out}: the synthesized set is already complete ({args.count} images); nothing to do")
+        return 0
+    parts_dir = out / ".parts"
+    for sub in ("images", "lung_masks", ".parts"):
+        (out / sub).mkdir(exist_ok=True)
+    order = source_order(len(eligible), args.count, args.seed)
+    width = max(6, len(str(args.count - 1)))
+    names = [f"synth_{i:0{width}d}_{_safe(_source_id(dataset, eligible[k]))}" for i, k in enumerate(order)]
+    todo = [i for i in range(args.count) if not (parts_dir / f"{names[i]}.json").is_file()]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float reductions then do not depend on the machine: resumed runs give the same bytes
+    try:
+        for i in tqdm(todo, desc="synthesize", unit="img", disable=args.no_progress):
+            try:
+                part = synthesize_one(tf, dataset, eligible[order[i]], i, names[i], args.seed, out, args.nodule_free_only)
+            except (ValueError, FileNotFoundError) as err:
+                if created and not any(parts_dir.iterdir()):
+                    shutil.rmtree(out)  # nothing done yet: leave no run behind that a corrected command would clash with
+                raise _fail(str(err)) from None
+            # Written last: its presence marks image i as done for a resumed run.
+            _atomic_write(parts_dir / f"{names[i]}.json", json.dumps(part, sort_keys=True).encode())
+    finally:
+        torch.set_num_threads(threads)
+    parts = [json.loads((parts_dir / f"{n}.json").read_text()) for n in names]
+    _write_dataset_files(out, parts)
+    _atomic_write(out / "manifest.json", json.dumps({**manifest, "complete": True}, indent=1, sort_keys=True).encode())
+    shutil.rmtree(parts_dir)
+    nodules = sum(len(p["records"]) for p in parts)
+    print(f"wrote {args.count} images with {nodules} inserted nodules to {out} (metadata.csv, records.jsonl, manifest.json); "
+          f"train on it with: cxr-nodule-aug train detector ... synth=node21:{out}")
+    return 0
