@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,18 +67,15 @@ class LungSegmenter(PretrainedMixin, nn.Module):
 
 
 def largest_components(mask: torch.Tensor, keep: int, min_fraction: float = 0.0) -> torch.Tensor:
-    """The ``keep`` largest 8-connected regions of an (H, W) bool mask (label propagation)."""
+    """The ``keep`` largest 8-connected regions of an (H, W) bool mask (``scipy.ndimage.label``),
+    dropping those smaller than ``min_fraction`` of the largest. Same device as ``mask``."""
+    from scipy import ndimage
+
     if not mask.any():
         return mask
-    h, w = mask.shape
-    labels = torch.arange(1, h * w + 1, dtype=torch.float32, device=mask.device).reshape(h, w) * mask
-    for _ in range(h * w):
-        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    ids, counts = torch.unique(labels[mask], return_counts=True)
-    order = torch.argsort(counts, descending=True)[:keep]
-    kept = ids[order][counts[order] >= min_fraction * counts[order[0]]]
-    return torch.isin(labels, kept) & mask
+    labels, n = ndimage.label(mask.cpu().numpy(), structure=np.ones((3, 3), dtype=bool))
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    order = np.argsort(-counts, kind="stable")[:keep]
+    kept = order[counts[order] >= min_fraction * counts[order[0]]] + 1
+    return torch.from_numpy(np.isin(labels, kept)).to(mask.device)
 
