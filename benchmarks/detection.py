@@ -251,7 +251,7 @@ def n_synth(fraction: int, prep: dict[str, Any]) -> int:
     return int(round(real_nodule_images * fraction / 100))
 
 
-def seed_stage(seed: int, train_root: Path, prep: dict[str, Any], preset: dict[str, Any], work: Path, methods_at: int | None) -> list[dict[str, Any]]:
+def seed_stage(seed: int, train_root: Path, prep: dict[str, Any], preset: dict[str, Any], work: Path, methods_at: int | None, weights: str | None = None) -> list[dict[str, Any]]:
     """Pre-train, mine, synthesize and fine-tune for one seed. ``methods_at``: None runs the
     Table III sweep; a fraction runs the Table IV methods at it."""
     seed_dir = work / f"seed{seed}"
@@ -287,16 +287,19 @@ def seed_stage(seed: int, train_root: Path, prep: dict[str, Any], preset: dict[s
         }, indent=1) + "\n")
     hem = HEMSampler.load(hem_file)
 
-    def synth_set(method: str) -> list[dict[str, Any]]:
+    def synth_set(method: str, count: int) -> list[dict[str, Any]]:
+        """The first ``count`` synthesized images of ``method`` (a prefix of one seeded sequence)."""
         cache = seed_dir / f"synth_{method}.pt"
         if cache.exists():
-            return torch.load(cache, weights_only=True)
+            items = torch.load(cache, weights_only=True)
+            if len(items) >= count:
+                return items[:count]
         t0 = time.perf_counter()
         if method == "ct":
-            items = prep["ct"][:n_max]
+            items = prep["ct"][:count]
         else:
             gen = torch.Generator().manual_seed(10_000 * seed + METHODS.index(method))
-            kw: dict[str, Any] = dict(p=1.0, num_nodules=NODULES_PER_IMAGE, generator=gen, lung_model=False)
+            kw: dict[str, Any] = dict(p=1.0, num_nodules=NODULES_PER_IMAGE, generator=gen, lung_model=False, weights=weights)
             if method == "hem":
                 tf = NoduleInpaint(diameters=hem, **kw)
             elif method == "random":
@@ -307,20 +310,20 @@ def seed_stage(seed: int, train_root: Path, prep: dict[str, Any], preset: dict[s
             else:
                 raise ValueError(method)
             with cpu_lock():
-                items = synthesize(train_root, bases, tf, preset["image_size"])
+                items = synthesize(train_root, bases[:count], tf, preset["image_size"])
         torch.save(items, cache)
         log.info("seed %d synthesized %d %s images in %.0f s", seed, len(items), method, time.perf_counter() - t0)
         return items
 
     results = []
     if methods_at is None:
-        hem_items = synth_set("hem")
+        hem_items = synth_set("hem", n_max)
         for f in FRACTIONS:
             results.append(finetune(f"hem_{f:03d}", seed_dir, prep, hem_items[: n_synth(f, prep)], preset, seed) | {"fraction": f, "method": "hem" if f else "none"})
     else:
         for method in ("random", "ct", "paste"):
-            items = synth_set(method)
-            results.append(finetune(f"{method}_{methods_at:03d}", seed_dir, prep, items[: n_synth(methods_at, prep)], preset, seed) | {"fraction": methods_at, "method": method})
+            items = synth_set(method, n_synth(methods_at, prep))
+            results.append(finetune(f"{method}_{methods_at:03d}", seed_dir, prep, items, preset, seed) | {"fraction": methods_at, "method": method})
     return results
 
 
@@ -410,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", choices=("fasterrcnn", "retinanet"), default="fasterrcnn", help="detector (default fasterrcnn)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights", default=None, help="shape/texture weights for our synthesis (default: the shipped ones); pin them for a run that spans a weights update")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     for name in ("cxr_nodule_aug.train.common", "cxr_nodule_aug.train.detector"):
@@ -432,17 +436,17 @@ def main(argv: list[str] | None = None) -> int:
         prep = prepare(train_root, test_root, preset, work)
     table3: list[dict[str, Any]] = []
     for seed in preset["seeds"]:
-        table3 += seed_stage(seed, train_root, prep, preset, work, None)
+        table3 += seed_stage(seed, train_root, prep, preset, work, None, args.weights)
     val_means = {f: np.mean([r["val"]["node21_score"] for r in table3 if r["fraction"] == f]) for f in FRACTIONS if f > 0}
     best = max(val_means, key=val_means.get)
     table4 = [r for r in table3 if r["fraction"] in (0, best)]
     for seed in preset["seeds"]:
-        table4 += seed_stage(seed, train_root, prep, preset, work, best)
+        table4 += seed_stage(seed, train_root, prep, preset, work, best, args.weights)
     meta = {"preset": preset_name, **{k: v for k, v in preset.items() if k != "seeds"}, "seeds": preset["seeds"],
             "train_data": str(train_root), "test_data": str(test_root), "test_images": len(prep["test"]),
             "test_nodule_images": sum(1 for it in prep["test"] if len(it["boxes"])), "real_images": len(prep["real"]),
             "real_nodule_images": sum(1 for it in prep["real"] if len(it["boxes"])), "detector": {"fasterrcnn": "Faster R-CNN", "retinanet": "RetinaNet"}[args.arch] + ", EfficientNet-Lite0 FPN (ImageNet init), " + f"{preset['image_size']} px",
-            "threads": args.threads, "wall_seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__}
+            "threads": args.threads, "synthesis_weights": args.weights or "shipped (weights/)", "wall_seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__}
     summary = summarize(table3, table4, best, preset["seeds"], out, meta, stem)
     plot_frocs(table4, out / f"{stem}_froc.png", best)
     hist = work / f"seed{preset['seeds'][0]}" / "missed_histogram.png"
