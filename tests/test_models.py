@@ -197,3 +197,27 @@ def test_largest_components_keeps_the_two_lungs():
     m[20, 18] = True
     out = largest_components(m, keep=2, min_fraction=0.1)
     assert out[10, 5] and out[10, 30] and not out[0, 39] and not out[20, 18]
+
+
+def test_texture_context_norm_is_invariant_to_the_window(tmp_path):
+    """With context_norm the output follows any affine grey-level map of the patch (where no
+    clamping bites), so the image's windowing no longer decides what the network sees."""
+    torch.manual_seed(0)
+    plain = TextureGenerator(base_width=4, patch_size=32)
+    normed = TextureGenerator(base_width=4, patch_size=32, context_norm=(0.3, 0.1))
+    normed.load_state_dict(plain.state_dict())  # no new parameters: old weights load strictly
+    normed.eval()
+    x = 0.3 + 0.05 * torch.randn(2, 1, 32, 32)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 10:22, 10:22] = 1
+    with torch.no_grad():
+        a = normed(x, mask).fine
+        b = normed(0.5 * x + 0.2, mask).fine
+    inside = (mask > 0) & (a > 0.01) & (a < 0.99)
+    torch.testing.assert_close(b[inside], (0.5 * a + 0.2)[inside], atol=1e-5, rtol=0)
+    normed.save_pretrained(tmp_path / "t")
+    again = TextureGenerator.from_pretrained(tmp_path / "t")
+    assert again.context_norm == [0.3, 0.1] and "context_norm" not in plain.config
+    for bad in ((0.3,), (1.5, 0.1), (0.3, 0.0)):
+        with pytest.raises(ValueError, match="context_norm"):
+            TextureGenerator(base_width=4, patch_size=32, context_norm=bad)

@@ -67,6 +67,9 @@ class _Stage(nn.Module):
         return torch.tanh(self.to_image(x))
 
 
+_MIN_CONTEXT_STD = 0.02  # a flat context is not stretched into noise
+
+
 class TextureOutput(NamedTuple):
     coarse: torch.Tensor
     """Stage-1 output (B, C, P, P) in [0, 1]."""
@@ -92,9 +95,16 @@ class TextureGenerator(PretrainedMixin, nn.Module):
         max_fill: the largest nodule diameter / patch side the model should see. Inference
             works on a region of side ``max(patch_size, diameter / max_fill)`` resampled to
             ``patch_size``, so large nodules keep the context they were trained with.
+        context_norm: ``(mean, std)`` or ``None``. When set, each patch's grey levels are mapped
+            by an affine map that gives its context (the pixels outside the hole) this mean and
+            std before the network runs, and the output is mapped back. The network then sees
+            every radiograph's lungs at the grey level and contrast it was trained on, whatever
+            the image's windowing, and the synthesised nodule scales with the local contrast.
+            Set it to the training patches' median context statistics.
     """
 
-    def __init__(self, image_channels: int = 1, base_width: int = 32, num_stages: int = 2, patch_size: int = 256, mask_type: str = "shape", max_fill: float = 0.5) -> None:
+    def __init__(self, image_channels: int = 1, base_width: int = 32, num_stages: int = 2, patch_size: int = 256, mask_type: str = "shape", max_fill: float = 0.5,
+                 context_norm: tuple[float, float] | list[float] | None = None) -> None:
         super().__init__()
         if num_stages not in (1, 2):
             raise ValueError(f"num_stages must be 1 or 2, got {num_stages}")
@@ -104,7 +114,15 @@ class TextureGenerator(PretrainedMixin, nn.Module):
             raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
         if not 0 < max_fill <= 1:
             raise ValueError(f"max_fill must be in (0, 1], got {max_fill}")
-        self.register_config(image_channels=image_channels, base_width=base_width, num_stages=num_stages, patch_size=patch_size, mask_type=mask_type, max_fill=max_fill)
+        if context_norm is not None:
+            if len(context_norm) != 2 or not 0 <= context_norm[0] <= 1 or not 0 < context_norm[1] <= 1:
+                raise ValueError(f"context_norm must be (mean in [0, 1], std in (0, 1]) or None, got {context_norm!r}")
+            context_norm = [float(context_norm[0]), float(context_norm[1])]
+        config = dict(image_channels=image_channels, base_width=base_width, num_stages=num_stages, patch_size=patch_size, mask_type=mask_type, max_fill=max_fill)
+        if context_norm is not None:  # configs without it stay as they were
+            config["context_norm"] = context_norm
+        self.register_config(**config)
+        self.context_norm = context_norm
         self.max_fill = max_fill
         self.image_channels = image_channels
         self.num_stages = num_stages
@@ -121,6 +139,18 @@ class TextureGenerator(PretrainedMixin, nn.Module):
         if image.shape[-1] % 4 or image.shape[-2] % 4:
             raise ValueError(f"patch height and width must be multiples of 4, got {tuple(image.shape[-2:])}")
         mask = mask.to(image.dtype)
+        if self.context_norm is not None:
+            keep = 1 - mask
+            n = keep.sum((1, 2, 3), keepdim=True).clamp(min=1) * image.shape[1]
+            mu = (image * keep).sum((1, 2, 3), keepdim=True) / n
+            sd = (((image - mu) ** 2 * keep).sum((1, 2, 3), keepdim=True) / n).sqrt().clamp(min=_MIN_CONTEXT_STD)
+            target_mean, target_std = self.context_norm
+            out = self._run(((image - mu) / sd * target_std + target_mean).clamp(0, 1), mask)
+            back = lambda y: ((y - target_mean) / target_std * sd + mu).clamp(0, 1)  # noqa: E731
+            return TextureOutput(back(out.coarse), back(out.fine))
+        return self._run(image, mask)
+
+    def _run(self, image: torch.Tensor, mask: torch.Tensor) -> TextureOutput:
         x = image * 2 - 1
         holed = x * (1 - mask) + mask
         coarse = self.coarse(torch.cat([holed, mask], dim=1))
