@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import make_image
 from torchvision import tv_tensors
@@ -44,6 +45,10 @@ def test_train_few_steps_and_resume(tmp_path):
     model_dir = train(cfg, pairs=pairs)
     g = TextureGenerator.from_pretrained(model_dir)
     assert g.patch_size == 32 and g.num_stages == 2
+    # context_norm=auto: the saved model carries the training patches' median context statistics.
+    keep = pairs["mask"] < 0.5
+    means = torch.stack([p[k].mean() for p, k in zip(pairs["patch"], keep)])
+    assert g.context_norm[0] == pytest.approx(float(means.median()), abs=2e-3) and 0 < g.context_norm[1] < 1
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2 and state["schedulers"]["G"]["last_epoch"] == 2
     cfg = resolve_config(TextureConfig, None, [*over[:1], "steps=3", *over[2:]])

@@ -62,11 +62,31 @@ class TextureConfig:
     jitter: float = 0.125
     gamma_range: tuple = (0.3, 1.5)  # per-patch intensity augmentation; (1, 1) switches it off
     contrast_range: tuple = (0.7, 1.2)
+    # "auto": the saved model maps each patch's context to the training patches' median context
+    # mean/std (TextureGenerator's context_norm); "none": save it without.
+    context_norm: str = "auto"
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
     sample_every: int = 500
     checkpoint_every: int = 250
+
+
+def context_statistics(patches: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
+    """Median over patches of the context's (outside the hole) mean and std, rounded to 1e-3."""
+    keep = (masks < 0.5).float()
+    n = keep.sum((1, 2, 3)).clamp(min=1)
+    mean = (patches * keep).sum((1, 2, 3)) / n
+    std = (((patches - mean[:, None, None, None]) ** 2 * keep).sum((1, 2, 3)) / n).sqrt()
+    return round(float(mean.median()), 3), round(float(std.median()), 3)
+
+
+def with_context_norm(model: TextureGenerator, stats: tuple[float, float]) -> TextureGenerator:
+    """The same weights, with ``context_norm=stats`` (see :class:`TextureGenerator`)."""
+    config = {k: v for k, v in model.config.items() if k != "context_norm"}
+    out = TextureGenerator(**config, context_norm=stats)
+    out.load_state_dict(model.state_dict())
+    return out.eval()
 
 
 class PerceptualLoss(torch.nn.Module):
@@ -202,6 +222,8 @@ def load_pairs(data: str, cfg: TextureConfig) -> dict[str, torch.Tensor]:
 
 
 def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> Path:
+    if cfg.context_norm not in ("auto", "none"):
+        raise ValueError(f"context_norm={cfg.context_norm!r}: expected 'auto' or 'none'")
     d, out = common.start_run(cfg)
 
     if pairs is None:
@@ -290,6 +312,11 @@ def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> P
     bar.close()
     if d.is_main:
         G.eval()
-        G.save_pretrained(out / "model", metadata={"trained_steps": step, "data": str(cfg.data), "train_pairs": len(train_pairs["patch"]), "backbone": cfg.backbone})
+        meta = {"trained_steps": step, "data": str(cfg.data), "train_pairs": len(train_pairs["patch"]), "backbone": cfg.backbone}
+        if cfg.context_norm == "auto" and isinstance(G, TextureGenerator):
+            stats = context_statistics(train_pairs["patch"].float(), train_pairs["mask"].float())
+            G = with_context_norm(G, stats)
+            meta["context_norm_source"] = "median context mean/std of the training patches"
+        G.save_pretrained(out / "model", metadata=meta)
     common.cleanup(d)
     return out / "model"
