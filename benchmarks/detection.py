@@ -235,11 +235,18 @@ def finetune(name: str, seed_dir: Path, prep: dict[str, Any], synth: list[dict[s
         test, preds = score(model_dir, prep["test"])
     torch.save([{k: v for k, v in p.items()} for p in preds], run / "test_predictions.pt")
     result = {"name": name, "seed": seed, "synthesized": len(synth), "real": len(prep["real"]), "train_seconds": round(train_s, 1),
-              "val": _brief(val), "test": _brief(test), "test_froc": {"fps": test["froc_fps_per_image"], "sensitivity": test["froc_sensitivity"]}}
+              "val": _brief(val), "test": _brief(test), "test_froc": froc_on_grid(test)}
     (run / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     log.info("seed %d %-10s test AUC %.3f sens %.3f score %.3f (val score %.3f) %.0f s", seed, name, test["auc"],
              test["sensitivity_at_target_fp"], test["node21_score"], val["node21_score"], time.perf_counter() - t0)
     return result
+
+
+FROC_GRID = np.round(np.linspace(0, 2, 101), 3)  # FP/image points kept per run (the full curve has one per score)
+
+
+def froc_on_grid(m: dict[str, Any]) -> dict[str, list[float]]:
+    return {"fps": FROC_GRID.tolist(), "sensitivity": np.round(np.interp(FROC_GRID, m["froc_fps_per_image"], m["froc_sensitivity"]), 5).tolist()}
 
 
 def _brief(m: dict[str, Any]) -> dict[str, float]:
