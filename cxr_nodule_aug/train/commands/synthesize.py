@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from cxr_nodule_aug.sim.export import _atomic_write, _png_bytes  # one writer for every exported file
+
 FORMAT = "cxr-nodule-aug-synthesize/1"
 DATASETS = ("simcxr", "node21", "vindr")
 
@@ -130,20 +132,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- helpers -------------------------------------------------------------------------------------
 def _fail(message: str) -> SystemExit:
     return SystemExit(f"cxr-nodule-aug synthesize: {message}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _png_bytes(arr: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def image_seed(seed: int, index: int) -> int:
