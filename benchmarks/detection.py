@@ -282,7 +282,7 @@ def seed_stage(seed: int, train_root: Path, prep: dict[str, Any], preset: dict[s
         table = mine_nodules(preds, samples, threshold)
         try:
             sampler = missed_sampler(table, attribute="diameter_mm", bandwidth=0.5)
-        except ValueError:  # nothing missed: fall back to the hardest (lowest-scoring) quarter is not the paper; say so
+        except ValueError:  # nothing missed: HEM has no distribution to sample
             raise SystemExit(f"seed {seed}: the pre-trained detector missed no training nodule at {threshold:.3f}; HEM has nothing to mine")
         sampler.save(hem_file)
         plot_missed_histogram(table, seed_dir / "missed_histogram.png", title=f"seed {seed}: training nodules at score >= {threshold:.3f}")
