@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cxr_nodule_aug.functional import PlacementError, place_nodules, valid_centres
-from cxr_nodule_aug.functional.placement import footprint_box
+from cxr_nodule_aug.functional.placement import footprint_box, mask_integral
 
 
 @settings(max_examples=50, deadline=None)
@@ -66,3 +66,49 @@ def test_same_seed_same_places():
     a = place_nodules(lung, [fp, fp], generator=torch.Generator().manual_seed(3))
     b = place_nodules(lung, [fp, fp], generator=torch.Generator().manual_seed(3))
     assert a == b
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 70), w=st.integers(1, 70), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**31))
+def test_mask_integral_counts_every_box_exactly(h, w, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(h, w, generator=g) < density
+    ii = mask_integral(mask)
+    assert ii.shape == (h + 1, w + 1)
+    r0, r1 = sorted(torch.randint(0, h + 1, (2,), generator=g).tolist())
+    c0, c1 = sorted(torch.randint(0, w + 1, (2,), generator=g).tolist())
+    count = ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]
+    assert int(count) == int(mask[r0:r1, c0:c1].sum())
+    # A precomputed integral gives the same map as one computed inside.
+    assert torch.equal(valid_centres(mask, (3, 2), integral=ii), valid_centres(mask, (3, 2)))
+
+
+def test_mask_integral_exact_beyond_float32_integers():
+    # 4100^2 > 2**24 pixels: float32 cannot hold the counts near the corner (2**24 + 1 rounds
+    # to 2**24), so the integral must switch to float64 and stay exact.
+    mask = torch.ones(4100, 4100, dtype=torch.bool)
+    ii = mask_integral(mask)
+    assert ii.dtype == torch.float64
+    assert int(ii[-1, -1]) == 4100 * 4100
+    assert int(ii[-1, -1] - ii[0, -1] - ii[-1, 1] + ii[0, 1]) == 4100 * 4099
+    valid = valid_centres(mask, (4099, 4100), integral=ii)
+    assert int(valid.sum()) == 2
+
+
+def test_valid_centres_rejects_a_mismatched_integral():
+    mask = torch.ones(10, 12, dtype=torch.bool)
+    with pytest.raises(ValueError, match="integral must be mask_integral"):
+        valid_centres(mask, (3, 3), integral=mask_integral(mask[:, :11]))
+
+
+def test_check_image_finite_check_survives_an_overflowing_sum():
+    from cxr_nodule_aug.functional import check_image
+
+    big = torch.full((1, 64, 64), 60000.0, dtype=torch.float16)  # finite; its float16 sum is inf
+    assert not torch.isfinite(big.sum())
+    check_image(big)
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        image = big.clone()
+        image[0, 5, 7] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            check_image(image)
