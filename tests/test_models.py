@@ -221,3 +221,29 @@ def test_texture_context_norm_is_invariant_to_the_window(tmp_path):
     for bad in ((0.3,), (1.5, 0.1), (0.3, 0.0)):
         with pytest.raises(ValueError, match="context_norm"):
             TextureGenerator(base_width=4, patch_size=32, context_norm=bad)
+
+
+def test_binarize_fills_each_mask_on_its_own_with_8_connected_background():
+    from cxr_nodule_aug.models.shape import binarize_shapes
+
+    ring = torch.zeros(16, 16)
+    ring[3:13, 3:13] = 1.0
+    ring[5:11, 5:11] = 0.0  # a 6x6 hole, closed on every side
+    leaky = torch.zeros(16, 16)  # a ring with a notch in one corner
+    leaky[3:13, 3:13] = 1.0
+    leaky[5:11, 5:11] = 0.0
+    leaky[4, 4] = leaky[3, 3] = 0.0
+    leaky[4, 3] = leaky[3, 4] = 1.0
+    out = binarize_shapes(torch.stack([ring, torch.zeros(16, 16), leaky]))
+    assert out[0, 8, 8]  # the hole is filled, although the next mask is all background there
+    assert not out[1].any()
+    # Reference: the max-pool flood fill (8-connected) this replaced, mask by mask.
+    import torch.nn.functional as F
+
+    x = F.avg_pool2d(torch.stack([ring, torch.zeros(16, 16), leaky])[:, None], 3, stride=1, padding=1, count_include_pad=False)[:, 0] > 0.5
+    outside = torch.zeros_like(x)
+    outside[:, 0, :] = outside[:, -1, :] = outside[:, :, 0] = outside[:, :, -1] = True
+    outside &= ~x
+    for _ in range(64):
+        outside = F.max_pool2d(outside[:, None].float(), 3, stride=1, padding=1)[:, 0].bool() & ~x
+    assert torch.equal(out, ~outside)

@@ -6,6 +6,7 @@ import itertools
 import math
 from collections import OrderedDict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,18 +115,16 @@ def binarize_shapes(prob: torch.Tensor) -> torch.Tensor:
     transposed convolutions leave, and enclosed holes are filled: a nodule's mask is one solid
     region, which is also what size modulation measures.
     """
+    from scipy import ndimage
+
     x = F.avg_pool2d(prob[:, None].float(), 3, stride=1, padding=1, count_include_pad=False)[:, 0] > 0.5
-    background = ~x
-    outside = torch.zeros_like(x)
-    outside[:, 0, :] = outside[:, -1, :] = True
-    outside[:, :, 0] = outside[:, :, -1] = True
-    outside &= background
-    for _ in range(x.shape[-1] * 2):  # flood fill of the background from the border
-        grown = F.max_pool2d(outside[:, None].float(), 3, stride=1, padding=1)[:, 0].bool() & background
-        if torch.equal(grown, outside):
-            break
-        outside = grown
-    return ~outside
+    # Background 8-connected to the border stays background, the rest is filled: the structure
+    # connects pixels within each mask only, never across the batch. On the CPU in every case
+    # (a (B, S, S) bool copy): 0.2 ms for one 64 px mask against 1.3 ms for a max-pool flood fill.
+    within_mask = np.zeros((3, 3, 3), dtype=bool)
+    within_mask[1] = True
+    filled = ndimage.binary_fill_holes(x.cpu().numpy(), structure=within_mask)
+    return torch.from_numpy(filled).to(x.device)
 
 
 class ShapeDiscriminator(PretrainedMixin, nn.Module):
