@@ -139,3 +139,34 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert "Targets:" in proc.stdout
     with pytest.raises(subprocess.CalledProcessError):
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick", "--out", str(ROOT / "benchmarks" / "results" / "x.json")], check=True, capture_output=True, timeout=60)
+
+
+def _mark_worker(worker_id: int) -> None:
+    import os
+
+    os.environ["CXR_TEST_WORKER_ID"] = str(worker_id)
+
+
+def test_low_priority_workers_lower_only_the_workers_priority():
+    import os
+
+    from torch.utils.data import DataLoader, Dataset
+
+    from cxr_nodule_aug.datasets import LowPriorityWorkers
+
+    class Niceness(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.tensor([os.nice(0), int(os.environ.get("CXR_TEST_WORKER_ID", "-1"))])
+
+    before = os.nice(0)
+    out = torch.cat(list(DataLoader(Niceness(), num_workers=2, batch_size=1, worker_init_fn=LowPriorityWorkers(7, then=_mark_worker))))
+    assert (out[:, 0] == min(before + 7, 19)).all()
+    assert sorted(set(out[:, 1].tolist())) == [0, 1]  # the chained worker_init_fn ran in each worker
+    assert os.nice(0) == before  # the main process keeps its priority
+    with pytest.raises(ValueError, match="niceness"):
+        LowPriorityWorkers(0)
+    with pytest.raises(TypeError, match="then"):
+        LowPriorityWorkers(5, then=3)
