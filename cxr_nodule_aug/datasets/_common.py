@@ -77,11 +77,22 @@ def check_files(paths: dict[str, Path], csv_path: str | Path) -> None:
             raise FileNotFoundError(f"{csv_path}: the row for {key!r} points at a missing image: {path}")
 
 
+def lung_mask_filename(image_path: str | Path) -> str:
+    """The lung mask file name of an image: ``<file name up to its first dot>.png``.
+
+    ``scan.mha`` -> ``scan.png``, ``1.2.840.dicom`` -> ``1.png``, ``a.nii.gz`` -> ``a.png``. The one
+    rule: :class:`AnnotatedImages` reads ``lung_mask_dir`` with it and ``cxr-nodule-aug lungs``
+    writes with it.
+    """
+    return f"{Path(image_path).name.split('.')[0]}.png"
+
+
 class AnnotatedImages(torch.utils.data.Dataset):
     """Base: a list of (image_id, path, boxes_xyxy) read with :func:`cxr_nodule_aug.io.read_image`.
 
-    ``lung_mask_dir``: optional folder of 8-bit masks named ``<image stem>.png`` (nonzero = lung);
-    without it the target has no ``"lung_mask"`` (real datasets ship none).
+    ``lung_mask_dir``: optional folder of 8-bit masks named by :func:`lung_mask_filename` (nonzero =
+    lung; ``cxr-nodule-aug lungs`` writes them); without it the target has no ``"lung_mask"``
+    (real datasets ship none).
     """
 
     def __init__(self, items, transforms: Callable | None = None, lung_mask_dir: str | Path | None = None,
@@ -106,7 +117,7 @@ class AnnotatedImages(torch.utils.data.Dataset):
         if self.lung_mask_dir is not None:
             from PIL import Image
 
-            mpath = self.lung_mask_dir / f"{Path(path).name.split('.')[0]}.png"
+            mpath = self.lung_mask_dir / lung_mask_filename(path)
             if not mpath.is_file():
                 raise FileNotFoundError(f"lung mask for {image_id!r} not found: {mpath}")
             lung = np.array(Image.open(mpath)) > 0
