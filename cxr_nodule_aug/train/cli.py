@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("cxr_nodule_aug.train.commands.info", "show the version, the device and where weights load from"),
     "sim": ("cxr_nodule_aug.train.commands.sim", "export simulated radiographs with 3-D nodules (SimCXR)"),
     "synthesize": ("cxr_nodule_aug.train.commands.synthesize", "write a pre-synthesized detection set (NODE21 layout, replayable records) from a dataset, for train detector synth=node21:DIR"),
+    "lungs": ("cxr_nodule_aug.train.commands.lungs", "precompute the lung masks NoduleInpaint would compute online (NODE21, VinDr), for train detector lung_masks=DIR"),
     "eval": ("cxr_nodule_aug.train.commands.eval", "NODE21 detection metrics (AUC, FROC, score) from a prediction JSON"),
 }
 
