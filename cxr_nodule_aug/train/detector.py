@@ -8,6 +8,11 @@ horizontal flip (the paper's augmentation) -> ``SanitizeBoundingBoxes``. Pre-syn
 sim`` export) are concatenated to the training set. Validation (NODE21 metrics, MONAI mode) runs every
 ``eval_every`` steps on ``val_data`` or on a held-out fraction of ``data`` split by image.
 
+Speed of online augmentation: ``lung_masks=DIR`` (masks from ``cxr-nodule-aug lungs``) gives the
+training images their lung masks, so ``NoduleInpaint`` does not run its lung model on every call;
+``worker_niceness=N`` runs the DataLoader workers at a lower CPU priority
+(:class:`~cxr_nodule_aug.datasets.LowPriorityWorkers`) so that they fill the gaps training leaves.
+
 The Python entry point :func:`train` also takes ready datasets (detector-ready samples), which
 is how the detection benchmark drives it.
 """
@@ -64,7 +69,9 @@ class DetectorConfig:
     augment_unit: str = "mm"
     augment_num_nodules: str = "1,3"
     augment_contrast: float = 1.0
+    lung_masks: str = ""
     workers: int = 0
+    worker_niceness: int = 0
     eval_every: int = 500
     log_every: int = 20
     checkpoint_every: int = 250
@@ -122,16 +129,42 @@ def online_augment(cfg: DetectorConfig):
                          contrast=cfg.augment_contrast)
 
 
-def open_dataset(kind: str, root: str, transforms: Callable | None = None) -> Dataset:
-    """A dataset of the library by name (``simcxr``, ``node21``, ``vindr``) rooted at ``root``."""
+def open_dataset(kind: str, root: str, transforms: Callable | None = None, lung_mask_dir: str | None = None) -> Dataset:
+    """A dataset of the library by name (``simcxr``, ``node21``, ``vindr``) rooted at ``root``.
+
+    ``lung_mask_dir``: a folder of lung masks (``cxr-nodule-aug lungs``) for the real datasets;
+    SimCXR ships its own.
+    """
     from cxr_nodule_aug import datasets
 
     if kind not in DATASETS:
         raise ValueError(f"dataset={kind!r}: expected one of {DATASETS} (others: build the Dataset in Python and call train(cfg, train_set=...))")
     if not Path(root).is_dir():
         raise FileNotFoundError(f"{kind} data directory {root!r} does not exist")
+    kwargs = {} if lung_mask_dir is None else {"lung_mask_dir": _lung_mask_folder(kind, lung_mask_dir)}
     cls = {"simcxr": datasets.SimCXRDataset, "node21": datasets.Node21Dataset, "vindr": datasets.VinDrCXRDataset}[kind]
-    return cls(root, transforms=transforms)
+    return cls(root, transforms=transforms, **kwargs)
+
+
+def _lung_mask_folder(kind: str, lung_mask_dir: str) -> str:
+    """``lung_mask_dir`` checked for a dataset of ``kind``."""
+    if kind == "simcxr":
+        raise ValueError("a simcxr dataset ships its own lung masks (masks/<name>_lung.png) and takes no lung mask folder")
+    if not Path(lung_mask_dir).is_dir():
+        raise FileNotFoundError(f"lung mask folder {str(lung_mask_dir)!r} does not exist (make it with cxr-nodule-aug lungs)")
+    return lung_mask_dir
+
+
+def _check_lung_masks(dataset: Dataset, key: str) -> None:
+    """Every image of ``dataset`` has its mask: a clear error now, not a missing file mid-training."""
+    from cxr_nodule_aug.datasets._common import lung_mask_filename
+
+    folder = Path(dataset.lung_mask_dir)
+    missing = [str(path) for _, path, _ in dataset.items if not (folder / lung_mask_filename(path)).is_file()]
+    if missing:
+        failed = " (its failed.txt lists the images the lung model found no lung in: leave them out of data)" if (folder / "failed.txt").is_file() else ""
+        raise FileNotFoundError(f"{key}={str(folder)!r} has no lung mask for {len(missing)} of {len(dataset.items)} images, e.g. {missing[0]}; "
+                                f"run cxr-nodule-aug lungs on the data{failed}")
 
 
 def _kind_and_root(entry: str, default_kind: str) -> tuple[str, str]:
@@ -154,7 +187,19 @@ def build_sets(cfg: DetectorConfig) -> tuple[Dataset, Dataset | None]:
         train_tf = to_input
     if not cfg.data:
         raise ValueError("data= is required: the training dataset's root directory")
-    base = open_dataset(cfg.dataset, cfg.data, transforms=train_tf)
+    lung_mask_dir = None
+    if cfg.lung_masks:
+        try:
+            _lung_mask_folder(cfg.dataset, cfg.lung_masks)
+        except (ValueError, FileNotFoundError) as err:
+            raise type(err)(f"lung_masks={cfg.lung_masks!r}: {err}") from None
+        if cfg.augment_p > 0:
+            lung_mask_dir = cfg.lung_masks
+        else:  # only the online augmentation reads them: do not decode masks for nothing
+            log.warning("lung_masks=%r is not used: augment_p=0 (no online augmentation)", cfg.lung_masks)
+    base = open_dataset(cfg.dataset, cfg.data, transforms=train_tf, lung_mask_dir=lung_mask_dir)
+    if lung_mask_dir is not None:
+        _check_lung_masks(base, "lung_masks")
     if cfg.val_data:
         train_set: Dataset = base
         val_set: Dataset | None = open_dataset(cfg.dataset, cfg.val_data, transforms=to_input)
@@ -169,6 +214,20 @@ def build_sets(cfg: DetectorConfig) -> tuple[Dataset, Dataset | None]:
     if extra:
         train_set = ConcatDataset([train_set, *extra])
     return train_set, val_set
+
+
+def build_loader(cfg: DetectorConfig, data: Dataset, sampler: DistributedSampler | None = None) -> DataLoader:
+    """The training DataLoader: ``cfg.workers`` workers, at ``cfg.worker_niceness`` when > 0."""
+    from cxr_nodule_aug.datasets import LowPriorityWorkers
+
+    niceness = cfg.worker_niceness
+    if isinstance(niceness, bool) or not isinstance(niceness, int) or not 0 <= niceness <= 19:
+        raise ValueError(f"worker_niceness={niceness!r}: expected an int, 0 (off) or 1 (slightly lower priority) to 19 (lowest)")
+    if niceness and cfg.workers == 0:
+        log.info("worker_niceness=%d has no effect with workers=0: the augmentation runs in the training process", niceness)
+    return DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size,
+                      num_workers=cfg.workers, collate_fn=detection_collate, generator=torch.Generator().manual_seed(cfg.seed),
+                      persistent_workers=cfg.workers > 0, worker_init_fn=LowPriorityWorkers(niceness) if niceness else None)
 
 
 def build_model(cfg: DetectorConfig) -> NoduleDetector:
@@ -213,9 +272,7 @@ def train(cfg: DetectorConfig, train_set: Dataset | None = None, val_set: Datase
         raise ValueError("the training set is empty")
     data = Augmented(train_set, geometric_augment(cfg.shift, cfg.flip))
     sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size,
-                        num_workers=cfg.workers, collate_fn=detection_collate, generator=torch.Generator().manual_seed(cfg.seed),
-                        persistent_workers=cfg.workers > 0)
+    loader = build_loader(cfg, data, sampler)
     model = build_model(cfg).to(d.device)
     model.train()
     md = common.wrap_ddp(model, d)
