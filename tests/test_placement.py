@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cxr_nodule_aug.functional import PlacementError, place_nodules, valid_centres
-from cxr_nodule_aug.functional.placement import footprint_box, mask_integral
+from cxr_nodule_aug.functional.placement import box_fits, footprint_box
 
 
 @settings(max_examples=50, deadline=None)
@@ -68,37 +68,26 @@ def test_same_seed_same_places():
     assert a == b
 
 
-@settings(max_examples=30, deadline=None)
-@given(h=st.integers(1, 70), w=st.integers(1, 70), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**31))
-def test_mask_integral_counts_every_box_exactly(h, w, density, seed):
+@settings(max_examples=60, deadline=None)
+@given(H=st.integers(1, 40), W=st.integers(1, 40), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**31), data=st.data())
+def test_box_fits_is_brute_force_all(H, W, density, seed, data):
+    h, w = data.draw(st.integers(1, H)), data.draw(st.integers(1, W))
     g = torch.Generator().manual_seed(seed)
-    mask = torch.rand(h, w, generator=g) < density
-    ii = mask_integral(mask)
-    assert ii.shape == (h + 1, w + 1)
-    r0, r1 = sorted(torch.randint(0, h + 1, (2,), generator=g).tolist())
-    c0, c1 = sorted(torch.randint(0, w + 1, (2,), generator=g).tolist())
-    count = ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]
-    assert int(count) == int(mask[r0:r1, c0:c1].sum())
-    # A precomputed integral gives the same map as one computed inside.
-    assert torch.equal(valid_centres(mask, (3, 2), integral=ii), valid_centres(mask, (3, 2)))
+    mask = torch.rand(H, W, generator=g) < density
+    fits = box_fits(mask, h, w)
+    ref = torch.tensor([[bool(mask[r : r + h, c : c + w].all()) for c in range(W - w + 1)] for r in range(H - h + 1)]).reshape(H - h + 1, W - w + 1)
+    assert torch.equal(fits, ref)
 
 
-def test_mask_integral_exact_beyond_float32_integers():
-    # 4100^2 > 2**24 pixels: float32 cannot hold the counts near the corner (2**24 + 1 rounds
-    # to 2**24), so the integral must switch to float64 and stay exact.
-    mask = torch.ones(4100, 4100, dtype=torch.bool)
-    ii = mask_integral(mask)
-    assert ii.dtype == torch.float64
-    assert int(ii[-1, -1]) == 4100 * 4100
-    assert int(ii[-1, -1] - ii[0, -1] - ii[-1, 1] + ii[0, 1]) == 4100 * 4099
-    valid = valid_centres(mask, (4099, 4100), integral=ii)
-    assert int(valid.sum()) == 2
-
-
-def test_valid_centres_rejects_a_mismatched_integral():
-    mask = torch.ones(10, 12, dtype=torch.bool)
-    with pytest.raises(ValueError, match="integral must be mask_integral"):
-        valid_centres(mask, (3, 3), integral=mask_integral(mask[:, :11]))
+def test_box_fits_large_mask_and_bad_arguments():
+    mask = torch.ones(3000, 2000, dtype=torch.bool)
+    mask[1500, 1999] = False
+    fits = box_fits(mask, 2999, 1000)
+    assert fits.shape == (2, 1001) and not fits[:, 1000].any() and fits[:, :1000].all()
+    with pytest.raises(ValueError, match="bool"):
+        box_fits(mask.float(), 3, 3)
+    with pytest.raises(ValueError, match="fit the mask"):
+        box_fits(mask, 3001, 3)
 
 
 def test_check_image_finite_check_survives_an_overflowing_sum():
@@ -112,3 +101,22 @@ def test_check_image_finite_check_survives_an_overflowing_sum():
         image[0, 5, 7] = bad
         with pytest.raises(ValueError, match="NaN or infinite"):
             check_image(image)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(1, 12), w=st.integers(1, 12), gap=st.integers(0, 3),
+    box=st.tuples(st.floats(-5, 45), st.floats(-5, 45), st.floats(0.01, 15), st.floats(0.01, 15)),
+)
+def test_occupied_fractional_boxes_exclude_exactly_the_overlapping_centres(h, w, gap, box):
+    x1, y1, bw, bh = box
+    occ = torch.tensor([[x1, y1, x1 + bw, y1 + bh]], dtype=torch.float64)
+    lung = torch.ones(40, 40, dtype=torch.bool)
+    valid = valid_centres(lung, (h, w), occ, gap_px=gap)
+    free = valid_centres(lung, (h, w))
+    ox1, oy1, ox2, oy2 = occ[0].tolist()
+    for cy in range(40):
+        for cx in range(40):
+            fx1, fy1, fx2, fy2 = footprint_box((cy, cx), (h, w))
+            hit = fx1 < ox2 + gap and fx2 > ox1 - gap and fy1 < oy2 + gap and fy2 > oy1 - gap
+            assert bool(valid[cy, cx]) == (bool(free[cy, cx]) and not hit), (cy, cx)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cxr_nodule_aug.functional.intensity import check_image, from_working, to_working, value_limits
-from cxr_nodule_aug.functional.placement import PlacementError, footprint_box, mask_integral, sample_centre, valid_centres
+from cxr_nodule_aug.functional.placement import PlacementError, footprint_box, sample_centre, valid_centres
 from cxr_nodule_aug.functional.size import equivalent_diameter, modulate_size
 from cxr_nodule_aug.models.shape import ShapeGenerator
 from cxr_nodule_aug.models.texture import TextureGenerator
@@ -62,10 +62,9 @@ def place_nodules(
         y0, x0, lung_h, lung_w = 0, 0, *lung_mask.shape
     lung_crop = lung_mask[y0 : y0 + lung_h, x0 : x0 + lung_w]
     shift = torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
-    integral = mask_integral(lung_crop) if footprints else None  # once per image, not per nodule
     for i, fp in enumerate(footprints):
         _, _, h, w = _bbox_hw(fp)
-        valid = valid_centres(lung_crop, (h, w), occupied - shift, gap_px=gap_px, integral=integral)
+        valid = valid_centres(lung_crop, (h, w), occupied - shift, gap_px=gap_px)
         try:
             cy, cx = sample_centre(valid, generator)
             cy, cx = cy + y0, cx + x0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -9,23 +11,38 @@ class PlacementError(ValueError):
     """No position satisfies the placement constraints (never a silent skip)."""
 
 
-def mask_integral(lung_mask: torch.Tensor) -> torch.Tensor:
-    """Integral image of an (H, W) bool mask, (H + 1, W + 1) with a zero first row and column:
-    the count over rows ``[r0, r1)`` and columns ``[c0, c1)`` is
-    ``ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]``.
+def _window_all(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """``out[i] = x[i : i + length].all()`` along ``dim`` (bool), ``length - 1`` shorter.
 
-    Exact: float32 holds every count below 2**24 pixels, float64 beyond. Both cumulative sums
-    run along contiguous rows (a cumsum down the columns of a row-major tensor is ~10x slower
-    on the CPU), with a transpose in between.
+    Doubling: after k steps ``t[i]`` is the AND of ``2**k`` neighbours; two overlapping spans
+    of the largest power of two <= ``length`` then cover any window. log2(length) + 1
+    elementwise ANDs of shifted slices (contiguous along rows for either ``dim``): exact,
+    and no integer counts to overflow.
     """
-    if lung_mask.ndim != 2:
-        raise ValueError(f"lung_mask must be (H, W), got {tuple(lung_mask.shape)}")
-    H, W = lung_mask.shape
-    dtype = torch.float32 if H * W < 2**24 else torch.float64
-    ii = torch.zeros(H + 1, W + 1, dtype=dtype, device=lung_mask.device)
-    rows = lung_mask.to(dtype).cumsum(1)  # (H, W): running count along each row
-    ii[1:, 1:] = rows.t().contiguous().cumsum(1).t()
-    return ii
+    n = x.shape[dim]
+    t, span = x, 1
+    while 2 * span <= length:
+        m = t.shape[dim]
+        t = t.narrow(dim, 0, m - span) & t.narrow(dim, span, m - span)
+        span *= 2
+    out = n - length + 1
+    return t.narrow(dim, 0, out) & t.narrow(dim, length - span, out)
+
+
+def box_fits(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(H - h + 1, W - w + 1) bool: ``[r, c]`` is True when ``mask[r : r + h, c : c + w]`` is all
+    True (a morphological erosion by an h x w box, anchored at the box's top-left corner).
+
+    Measured on 2 CPU threads: 1.8 ms for a 1600 x 1696 mask and a 176 x 150 box, against
+    18 ms for the same map from an integral image (whose cumulative sum down the columns is
+    the slow part).
+    """
+    if mask.ndim != 2 or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be an (H, W) bool tensor, got {tuple(mask.shape)} {mask.dtype}")
+    H, W = mask.shape
+    if not (1 <= h <= H and 1 <= w <= W):
+        raise ValueError(f"the box ({h} x {w}) must be at least 1 x 1 and fit the mask ({H} x {W})")
+    return _window_all(_window_all(mask, h, 0), w, 1)
 
 
 def valid_centres(
@@ -33,23 +50,19 @@ def valid_centres(
     footprint_hw: tuple[int, int],
     occupied_xyxy: torch.Tensor | None = None,
     gap_px: int = 0,
-    integral: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Map of the top-left-anchored centres where a ``footprint_hw`` box fits.
 
     A centre ``(cy, cx)`` places the footprint on rows ``[cy - h // 2, cy - h // 2 + h)`` and
     columns ``[cx - w // 2, cx - w // 2 + w)``. It is valid when every pixel of that box lies
-    in ``lung_mask`` (so the whole nodule, whatever its shape, is inside the lung) and the box,
-    grown by ``gap_px``, meets none of ``occupied_xyxy``. Box sums come from an integral image:
-    one pass, any footprint size.
+    in ``lung_mask`` (so the whole nodule, whatever its shape, is inside the lung; see
+    :func:`box_fits`) and the box, grown by ``gap_px``, meets none of ``occupied_xyxy``.
 
     Args:
         lung_mask: (H, W) bool.
         footprint_hw: (h, w) of the nodule's bounding box in pixels.
         occupied_xyxy: (K, 4) float boxes, absolute XYXY pixels (x2, y2 exclusive), or None.
         gap_px: extra clearance around occupied boxes.
-        integral: ``mask_integral(lung_mask)`` when the caller already has it (placing
-            several nodules in one image computes it once).
 
     Returns:
         (H, W) bool map of valid centres.
@@ -63,22 +76,15 @@ def valid_centres(
     valid = torch.zeros(H, W, dtype=torch.bool, device=lung_mask.device)
     if h > H or w > W:
         return valid
-    if integral is None:
-        integral = mask_integral(lung_mask)
-    elif tuple(integral.shape) != (H + 1, W + 1):
-        raise ValueError(f"integral must be mask_integral(lung_mask), shape {(H + 1, W + 1)}, got {tuple(integral.shape)}")
-    ii = integral
-    sums = ii[h:, w:] - ii[:-h, w:] - ii[h:, :-w] + ii[:-h, :-w]  # (H-h+1, W-w+1), top-left anchored
     top, left = h // 2, w // 2
-    valid[top : top + H - h + 1, left : left + W - w + 1] = sums == h * w
+    valid[top : top + H - h + 1, left : left + W - w + 1] = box_fits(lung_mask.bool(), h, w)
     if occupied_xyxy is not None and len(occupied_xyxy):
-        rows = torch.arange(H, device=lung_mask.device, dtype=torch.float32)
-        cols = torch.arange(W, device=lung_mask.device, dtype=torch.float32)
-        for x1, y1, x2, y2 in occupied_xyxy.to(device=lung_mask.device, dtype=torch.float32).tolist():
-            # Footprint rows [cy - top, cy - top + h) meet [y1 - gap, y2 + gap) iff ...
-            row_hit = (rows - top < y2 + gap_px) & (rows - top + h > y1 - gap_px)
-            col_hit = (cols - left < x2 + gap_px) & (cols - left + w > x1 - gap_px)
-            valid &= ~(row_hit[:, None] & col_hit[None, :])
+        for x1, y1, x2, y2 in occupied_xyxy.detach().to("cpu", torch.float64).tolist():
+            # Footprint rows [cy - top, cy - top + h) meet [y1 - gap, y2 + gap) iff
+            # y1 - gap + top - h < cy < y2 + gap + top: a band of integer centres (same for columns).
+            r0, r1 = math.floor(y1 - gap_px + top - h) + 1, math.ceil(y2 + gap_px + top)
+            c0, c1 = math.floor(x1 - gap_px + left - w) + 1, math.ceil(x2 + gap_px + left)
+            valid[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)] = False
     return valid
 
 
