@@ -54,9 +54,13 @@ def default_weights_dir() -> Path | None:
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "weights", here / "_weights"):
-        if candidate.is_dir():
-            return candidate
+    checkout = here.parent / "weights"
+    # Only a folder beside pyproject.toml is ours: an installed package's parent is
+    # site-packages, where another distribution may have put a top-level weights/.
+    if checkout.is_dir() and (here.parent / "pyproject.toml").is_file():
+        return checkout
+    if (here / "_weights").is_dir():
+        return here / "_weights"
     return None
 
 

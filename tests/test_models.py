@@ -247,3 +247,14 @@ def test_binarize_fills_each_mask_on_its_own_with_8_connected_background():
     for _ in range(64):
         outside = F.max_pool2d(outside[:, None].float(), 3, stride=1, padding=1)[:, 0].bool() & ~x
     assert torch.equal(out, ~outside)
+
+
+def test_default_weights_dir_ignores_a_stray_site_packages_weights(tmp_path, monkeypatch):
+    monkeypatch.delenv(hub.WEIGHTS_ENV, raising=False)
+    site = tmp_path / "site-packages"
+    (site / "cxr_nodule_aug" / "_weights").mkdir(parents=True)
+    (site / "weights").mkdir()  # another distribution's top-level folder
+    monkeypatch.setattr(hub, "__file__", str(site / "cxr_nodule_aug" / "hub.py"))
+    assert hub.default_weights_dir() == site / "cxr_nodule_aug" / "_weights"
+    (site / "pyproject.toml").write_text("[project]\n")  # now it looks like a source checkout
+    assert hub.default_weights_dir() == site / "weights"

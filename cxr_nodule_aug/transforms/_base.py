@@ -47,8 +47,8 @@ def _load(spec: ModelSpec, cls: type, weights: str | os.PathLike | None, subfold
     if weights is None:
         if required:
             raise ValueError(
-                f"no {subfolder} model: no shipped weights were found (set CXR_NODULE_AUG_WEIGHTS or run from a "
-                f"source checkout with weights/). Pass weights='DIR or org/name[@revision]' or {subfolder}_model=..."
+                f"no {subfolder} model: no shipped weights were found (a wheel install carries them in cxr_nodule_aug/_weights, "
+                f"a source checkout in weights/; or set CXR_NODULE_AUG_WEIGHTS=DIR). Pass weights='DIR or org/name[@revision]' or {subfolder}_model=..."
             )
         return None
     kind, path, _ = parse_source(weights)
