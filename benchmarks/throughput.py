@@ -569,7 +569,10 @@ def evaluate_targets(result: dict) -> list[dict]:
     ours = [r for r in rows if r["method"] == "ours"]
     best = max(r["matmul_fraction"] for r in ours)
     worst = min(r["matmul_fraction"] for r in ours)
-    out.append({"name": f"texture network >= {100 * TARGETS['matmul_fraction']:.0f}% of the same-run matmul GFLOP/s", "value": f"{100 * worst:.0f}-{100 * best:.0f}% across rows", "met": best >= TARGETS["matmul_fraction"]})
+    out.append({"name": f"texture network >= {100 * TARGETS['matmul_fraction']:.0f}% of the same-run matmul GFLOP/s, inside NoduleInpaint", "value": f"{100 * worst:.0f}-{100 * best:.0f}% across rows", "met": best >= TARGETS["matmul_fraction"]})
+    for b in result.get("texture_profile", {}).get("batches", []):
+        out.append({"name": f"texture network >= {100 * TARGETS['matmul_fraction']:.0f}% of the same-run matmul GFLOP/s, alone, batch {b['batch']}",
+                    "value": f"{100 * b['matmul_fraction']:.0f}%", "met": b["matmul_fraction"] >= TARGETS["matmul_fraction"]})
     rss = max(r["peak_rss_mb"] for r in rows + [result["dataloader"], result.get("texture_profile", {"peak_rss_mb": 0})])
     out.append({"name": f"peak RSS < {TARGETS['peak_rss_mb']:.0f} MB", "value": f"max {rss:.0f} MB", "met": rss < TARGETS["peak_rss_mb"]})
     for r in rows:
@@ -594,10 +597,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch/OMP threads per process")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput_<device>.json; a .md is written next to it)")
+    ap.add_argument("--render", default=None, metavar="JSON", help="rewrite the targets and the .md of an existing result JSON (no measuring)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
         child_main(json.loads(args.child))
+        return 0
+    if args.render is not None:
+        path = Path(args.render)
+        result = json.loads(path.read_text())
+        result["targets"] = evaluate_targets(result)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        path.with_suffix(".md").write_text(markdown(result))
+        print(f"rewrote {path} and {path.with_suffix('.md')}")
         return 0
     preset = "quick" if args.quick else "full"
     out = Path(args.out) if args.out else RESULTS / f"throughput_{args.device}.json"
