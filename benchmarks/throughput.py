@@ -37,7 +37,9 @@ one worker's single-thread CPU per sample, plain and augmented, gives the overhe
 augmentation would add if it cost only its own CPU time (the rest is contention).
 
 The texture network alone: batch 1 / 4 / 8 of random patches, time, GFLOP/s against the
-matmul, and the operators that take the time (torch.profiler), to show what bounds it.
+matmul, and the operators that take the time (torch.profiler), to show what bounds it; and the
+same under ``torch.compile`` (inductor), with its compile time and its largest difference from
+eager (``--no-compile`` skips it).
 """
 
 from __future__ import annotations
@@ -61,10 +63,10 @@ STAGES = ("lung", "shape", "size", "placement", "cut", "texture", "paste")
 PRESETS = {
     "full": dict(sizes=[1024, 2048], nodules=[1, 4], repeats=20, warmup=3, batch_images=8, matmul_n=2048,
                  dl_image_size=1024, dl_batch=4, dl_warmup=3, dl_steps=20, dl_item_repeats=20, det_size=256,
-                 profile_batches=[1, 4, 8]),
+                 profile_batches=[1, 4, 8], compile=True),
     "quick": dict(sizes=[256], nodules=[2], repeats=2, warmup=1, batch_images=2, matmul_n=512,
                   dl_image_size=256, dl_batch=2, dl_warmup=1, dl_steps=2, dl_item_repeats=2, det_size=128,
-                 profile_batches=[1, 2]),
+                 profile_batches=[1, 2], compile=False),
 }
 DL_NICENESS = 19  # the LowPriorityWorkers setting of the second DataLoader group
 TARGETS = {"nodules_per_s": 20.0, "matmul_fraction": 0.5, "peak_rss_mb": 2048.0, "peer_speedup": 2.0, "dataloader_overhead": 0.15}
@@ -406,6 +408,7 @@ def child_texture_profile(cfg: dict) -> dict:
     g = torch.Generator().manual_seed(cfg["seed"])
     mm = matmul_gflops(cfg["matmul_n"], device)
     out = {**cfg, "matmul_gflops": mm, "patch_size": P, "batches": []}
+    compiled = torch.compile(model) if cfg.get("compile") else None  # inductor; recompiles per new batch size
     for B in cfg["profile_batches"]:
         patches = torch.rand(B, 1, P, P, generator=g).to(device)
         holes = torch.zeros(B, 1, P, P, device=device)
@@ -423,6 +426,23 @@ def child_texture_profile(cfg: dict) -> dict:
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(3):
                     model(patches, holes)
+        extra = {}
+        if compiled is not None:
+            with torch.inference_mode():
+                reference = model(patches, holes).fine
+                t0 = time.perf_counter()
+                first = compiled(patches, holes).fine
+                extra["compile_s"] = time.perf_counter() - t0
+                extra["compiled_max_abs_diff"] = float((first - reference).abs().max())
+                for _ in range(3):
+                    compiled(patches, holes)
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(cfg["repeats"]):
+                    compiled(patches, holes)
+                _sync(device)
+                extra["compiled_ms"] = 1000 * (time.perf_counter() - t0) / cfg["repeats"]
+                extra["compiled_matmul_fraction"] = flops / (extra["compiled_ms"] / 1000) / 1e9 / mm
         ops = {}
         for e in prof.key_averages():
             ops[e.key] = ops.get(e.key, 0.0) + e.self_cpu_time_total
@@ -431,7 +451,7 @@ def child_texture_profile(cfg: dict) -> dict:
         out["batches"].append({
             "batch": B, "ms": 1000 * seconds, "gflop": flops / 1e9, "gflops": flops / seconds / 1e9,
             "matmul_fraction": flops / seconds / 1e9 / mm, "calls_per_forward": sum(e.count for e in prof.key_averages()) / 3,
-            "top_ops": [{"op": k, "share": v / total} for k, v in top],
+            "top_ops": [{"op": k, "share": v / total} for k, v in top], **extra,
         })
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
@@ -466,8 +486,12 @@ def cpu_busy_fraction(seconds: float = 2.0) -> float | None:
 
 
 def run_child(cfg: dict) -> dict:
+    import tempfile
+
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]), MKL_NUM_THREADS=str(cfg["threads"]))
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], capture_output=True, text=True, env=env, cwd=ROOT)
+    with tempfile.TemporaryDirectory(prefix="cxr_inductor_") as cache:
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache  # torch.compile timings start from a cold cache
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"configuration {cfg} failed:\n{proc.stderr[-4000:]}")
     line = next(ln for ln in proc.stdout.splitlines()[::-1] if ln.startswith("RESULT "))
@@ -525,12 +549,14 @@ def markdown(result: dict) -> str:
         lines += [
             f"## The texture network alone ({tp['patch_size']} px patches, matmul {tp['matmul_gflops']:.0f} GFLOP/s in the same process)",
             "",
-            "| batch | ms | GFLOP | GFLOP/s | % of matmul | operator calls per forward | where the time goes (torch.profiler, self CPU) |",
-            "|---:|---:|---:|---:|---:|---:|---|",
+            "| batch | ms | GFLOP | GFLOP/s | % of matmul | torch.compile: ms (% of matmul; compile s; max abs diff) | operator calls per forward | where the time goes (torch.profiler, self CPU) |",
+            "|---:|---:|---:|---:|---:|---|---:|---|",
         ]
         for b in tp["batches"]:
             ops = ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in b["top_ops"])
-            lines.append(f"| {b['batch']} | {b['ms']:.1f} | {b['gflop']:.2f} | {b['gflops']:.0f} | {100 * b['matmul_fraction']:.0f}% | {b['calls_per_forward']:.0f} | {ops} |")
+            comp = (f"{b['compiled_ms']:.1f} ({100 * b['compiled_matmul_fraction']:.0f}%; {b['compile_s']:.0f} s; {b['compiled_max_abs_diff']:.1e})"
+                    if "compiled_ms" in b else "not run")
+            lines.append(f"| {b['batch']} | {b['ms']:.1f} | {b['gflop']:.2f} | {b['gflops']:.0f} | {100 * b['matmul_fraction']:.0f}% | {comp} | {b['calls_per_forward']:.0f} | {ops} |")
         lines.append("")
     lines += [
         f"## DataLoader",
@@ -597,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch/OMP threads per process")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput_<device>.json; a .md is written next to it)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing of the texture network (~15 s of compiling per batch size)")
     ap.add_argument("--render", default=None, metavar="JSON", help="rewrite the targets and the .md of an existing result JSON (no measuring)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -633,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
               f"texture {100 * row['matmul_fraction']:3.0f}% of matmul  RSS {row['peak_rss_mb']:.0f} MB", flush=True)
     result["peer_bank"] = next(r["peer_bank"] for r in result["rows"] if r["method"] == "peer")
     prof = {"kind": "texture_profile", "device": args.device, "threads": args.threads, "seed": args.seed, "repeats": p["repeats"],
-            "matmul_n": p["matmul_n"], "profile_batches": p["profile_batches"]}
+            "matmul_n": p["matmul_n"], "profile_batches": p["profile_batches"], "compile": p["compile"] and not args.no_compile}
     result["texture_profile"] = run_child(prof)
     for b in result["texture_profile"]["batches"]:
         print(f"texture network alone, batch {b['batch']}: {b['ms']:.1f} ms, {b['gflops']:.0f} GFLOP/s = {100 * b['matmul_fraction']:.0f}% of matmul; "
