@@ -393,6 +393,17 @@ def child_dataloader(cfg: dict) -> dict:
     return result
 
 
+def _mean_seconds(call, repeats: int, device, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        call()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    _sync(device)
+    return (time.perf_counter() - t0) / repeats
+
+
 def child_texture_profile(cfg: dict) -> dict:
     """The shipped texture network alone on random patches, batch 1 / 4 / 8: time, GFLOP/s
     against the matmul, and where the time goes (torch.profiler self CPU time by operator)."""
@@ -415,14 +426,7 @@ def child_texture_profile(cfg: dict) -> dict:
         holes[:, :, P // 4 : 3 * P // 4, P // 4 : 3 * P // 4] = 1
         flops = counted_flops(model, [(patches, holes)])
         with torch.inference_mode():
-            for _ in range(3):
-                model(patches, holes)
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(cfg["repeats"]):
-                model(patches, holes)
-            _sync(device)
-            seconds = (time.perf_counter() - t0) / cfg["repeats"]
+            seconds = _mean_seconds(lambda: model(patches, holes), cfg["repeats"], device)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(3):
                     model(patches, holes)
@@ -434,14 +438,7 @@ def child_texture_profile(cfg: dict) -> dict:
                 first = compiled(patches, holes).fine
                 extra["compile_s"] = time.perf_counter() - t0
                 extra["compiled_max_abs_diff"] = float((first - reference).abs().max())
-                for _ in range(3):
-                    compiled(patches, holes)
-                _sync(device)
-                t0 = time.perf_counter()
-                for _ in range(cfg["repeats"]):
-                    compiled(patches, holes)
-                _sync(device)
-                extra["compiled_ms"] = 1000 * (time.perf_counter() - t0) / cfg["repeats"]
+                extra["compiled_ms"] = 1000 * _mean_seconds(lambda: compiled(patches, holes), cfg["repeats"], device)
                 extra["compiled_matmul_fraction"] = flops / (extra["compiled_ms"] / 1000) / 1e9 / mm
         ops = {}
         for e in prof.key_averages():
