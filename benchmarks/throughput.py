@@ -235,7 +235,8 @@ def child_insert(cfg: dict) -> dict:
         texture_model = PasteBlendInpainter(residuals, masks, patch_size=shipped.patch_size, max_fill=shipped.max_fill, strength=0.5)
         extra["peer_bank"] = source
     tf = NoduleInpaint(diameters=DIAMETERS_MM, unit="mm", pixel_spacing_mm=FIELD_OF_VIEW_MM / size, num_nodules=n, p=1.0,
-                       texture_model=texture_model, generator=torch.Generator().manual_seed(cfg["seed"]), device=device)
+                       texture_model=texture_model, generator=torch.Generator().manual_seed(cfg["seed"]), device=device,
+                       compile_texture=cfg.get("compile", False))
     from torchvision import tv_tensors
 
     image = tv_tensors.Image(radiograph(size).to(device))
@@ -501,6 +502,8 @@ def row_label(r: dict) -> str:
         label += f", batch() of {r['images']}"
     if r["lung"] == "given":
         label += ", lung mask given"
+    if r.get("compile"):
+        label += ", compile_texture"
     return label
 
 
@@ -513,7 +516,11 @@ def configurations(p: dict, args) -> list[dict]:
                 cfgs.append({**base, "method": method, "size": size, "nodules": n})
     small, most = p["sizes"][0], p["nodules"][-1]
     cfgs.append({**base, "method": "ours", "size": small, "nodules": p["nodules"][0], "lung": "given"})
-    cfgs.append({**base, "method": "ours", "size": small, "nodules": most, "images": p["batch_images"], "repeats": max(1, p["repeats"] // p["batch_images"] * 2)})
+    batched = {**base, "method": "ours", "size": small, "nodules": most, "images": p["batch_images"], "repeats": max(1, p["repeats"] // p["batch_images"] * 2)}
+    cfgs.append(batched)
+    if p["compile"] and not args.no_compile:  # the same rows with the texture network compiled (warm-up compiles)
+        cfgs.append({**base, "method": "ours", "size": small, "nodules": p["nodules"][0], "compile": True})
+        cfgs.append({**batched, "compile": True})
     return cfgs
 
 
@@ -589,13 +596,17 @@ def evaluate_targets(result: dict) -> list[dict]:
     for r in rows:
         if r["method"] == "ours" and r["size"] == size and r["images"] == 1:
             out.append({"name": f">= {TARGETS['nodules_per_s']:g} nodules/s, {row_label(r)}", "value": f"{r['nodules_per_s']:.1f} nodules/s", "met": r["nodules_per_s"] >= TARGETS["nodules_per_s"]})
-    ours = [r for r in rows if r["method"] == "ours"]
-    best = max(r["matmul_fraction"] for r in ours)
-    worst = min(r["matmul_fraction"] for r in ours)
-    out.append({"name": f"texture network >= {100 * TARGETS['matmul_fraction']:.0f}% of the same-run matmul GFLOP/s, inside NoduleInpaint", "value": f"{100 * worst:.0f}-{100 * best:.0f}% across rows", "met": best >= TARGETS["matmul_fraction"]})
+    ours = [r for r in rows if r["method"] == "ours" and not r.get("compile")]
+    goal = f"texture network >= {100 * TARGETS['matmul_fraction']:.0f}% of the same-run matmul GFLOP/s"
+    for kind, group in (("eager", ours), ("compile_texture", [r for r in rows if r.get("compile")])):
+        if group:
+            best, worst = max(r["matmul_fraction"] for r in group), min(r["matmul_fraction"] for r in group)
+            out.append({"name": f"{goal}, inside NoduleInpaint ({kind})", "value": f"{100 * worst:.0f}-{100 * best:.0f}% across rows", "met": best >= TARGETS["matmul_fraction"]})
     for b in result.get("texture_profile", {}).get("batches", []):
-        out.append({"name": f"texture network >= {100 * TARGETS['matmul_fraction']:.0f}% of the same-run matmul GFLOP/s, alone, batch {b['batch']}",
-                    "value": f"{100 * b['matmul_fraction']:.0f}%", "met": b["matmul_fraction"] >= TARGETS["matmul_fraction"]})
+        out.append({"name": f"{goal}, alone, batch {b['batch']}", "value": f"{100 * b['matmul_fraction']:.0f}%", "met": b["matmul_fraction"] >= TARGETS["matmul_fraction"]})
+        if "compiled_ms" in b:
+            out.append({"name": f"{goal}, alone, batch {b['batch']}, torch.compile", "value": f"{100 * b['compiled_matmul_fraction']:.0f}%",
+                        "met": b["compiled_matmul_fraction"] >= TARGETS["matmul_fraction"]})
     rss = max(r["peak_rss_mb"] for r in rows + [result["dataloader"], result.get("texture_profile", {"peak_rss_mb": 0})])
     out.append({"name": f"peak RSS < {TARGETS['peak_rss_mb']:.0f} MB", "value": f"max {rss:.0f} MB", "met": rss < TARGETS["peak_rss_mb"]})
     for r in rows:

@@ -170,3 +170,30 @@ def test_low_priority_workers_lower_only_the_workers_priority():
         LowPriorityWorkers(0)
     with pytest.raises(TypeError, match="then"):
         LowPriorityWorkers(5, then=3)
+
+
+def test_compile_texture_matches_eager_and_is_never_pickled():
+    from torchvision import tv_tensors
+
+    from cxr_nodule_aug import InsertNodules, NoduleInpaint
+    from conftest import make_target
+
+    torch.manual_seed(0)
+    shape = ShapeGenerator(latent_dim=8, base_width=16, image_size=32).eval()
+    texture = tiny_texture().eval()
+    image = tv_tensors.Image(make_image(torch.float32, size=128))
+    target = make_target(size=128)
+    common = dict(diameters=(10.0, 20.0), num_nodules=2, p=1.0, shape_model=shape, texture_model=texture, lung_model=False)
+    eager = NoduleInpaint(generator=torch.Generator().manual_seed(3), **common)
+    compiled = NoduleInpaint(generator=torch.Generator().manual_seed(3), compile_texture=True, **common)
+    out_e, tgt_e = eager(image, target)
+    out_c, tgt_c = compiled(image, target)
+    assert compiled.texture_for_call() is compiled.texture_for_call()  # built once per process
+    assert "_compiled_texture" not in pickle.loads(pickle.dumps(compiled)).__dict__
+    assert not any("_compiled" in k for k in compiled.state_dict())
+    assert [r.center_xy for r in tgt_c["nodules"]] == [r.center_xy for r in tgt_e["nodules"]]
+    torch.testing.assert_close(out_c, out_e, atol=1e-4, rtol=0)
+    replay = InsertNodules(tgt_c["nodules"], shape_model=shape, texture_model=texture, compile_texture=True)
+    torch.testing.assert_close(replay(image, make_target(size=128))[0], out_c, atol=0, rtol=0)
+    with pytest.raises(TypeError, match="compile_texture"):
+        NoduleInpaint(compile_texture="yes", **common)

@@ -74,6 +74,7 @@ class NoduleTransformBase(v2.Transform):
         texture_model: ModelSpec = None,
         lung_model: ModelSpec | bool = None,
         device: torch.device | str | None = None,
+        compile_texture: bool = False,
         labels_key: str = "labels",
         masks_key: str = "masks",
         lung_mask_key: str = "lung_mask",
@@ -85,6 +86,9 @@ class NoduleTransformBase(v2.Transform):
         self.texture_model = _load(texture_model, TextureGenerator, weights, "texture", required=True)
         self.lung_model = None if lung_model is False else _load(lung_model, LungSegmenter, weights, "lung", required=False)
         self.device = torch.device(device) if device is not None else None
+        if not isinstance(compile_texture, bool):
+            raise TypeError(f"compile_texture must be a bool, got {type(compile_texture).__name__}")
+        self.compile_texture = compile_texture
         self.labels_key = labels_key
         self.masks_key = masks_key
         self.lung_mask_key = lung_mask_key
@@ -96,6 +100,24 @@ class NoduleTransformBase(v2.Transform):
         for m in (self.shape_model, self.texture_model, self.lung_model):
             if m is not None and next(m.parameters()).device != device:
                 m.to(device)
+
+    def texture_for_call(self) -> torch.nn.Module:
+        """The texture model as insertion calls it: ``torch.compile(texture_model)`` when
+        ``compile_texture=True`` (built lazily, once per process: a DataLoader worker compiles
+        its own; never pickled), else the model itself."""
+        if not self.compile_texture:
+            return self.texture_model
+        pid, compiled = self.__dict__.get("_compiled_texture", (None, None))
+        if pid != os.getpid() or compiled is None or compiled._orig_mod is not self.texture_model:
+            compiled = torch.compile(self.texture_model)
+            # Outside nn.Module's registry: not a submodule, not in the state dict.
+            object.__setattr__(self, "_compiled_texture", (os.getpid(), compiled))
+        return compiled
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_compiled_texture", None)  # a compiled graph belongs to the process that built it
+        return state
 
     def work_device(self, image: torch.Tensor) -> torch.device:
         return self.device if self.device is not None else image.device
@@ -205,7 +227,7 @@ class NoduleTransformBase(v2.Transform):
                 [parsed[i].image.to(device) for i in todo],
                 [params[i]["records"] for i in todo],
                 self.shape_model,
-                self.texture_model,
+                self.texture_for_call(),
                 footprints=[params[i].get("footprints") for i in todo],
                 working=[params[i].get("working") for i in todo],
             )

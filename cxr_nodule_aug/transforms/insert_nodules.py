@@ -20,7 +20,8 @@ class InsertNodules(NoduleTransformBase):
     ``contrast``, ``label``); output fields are recomputed.
 
     The lung mask is not consulted: the record says where the nodule goes. Boxes, labels,
-    masks and records are appended to the target as ``NoduleInpaint`` does.
+    masks and records are appended to the target as ``NoduleInpaint`` does. Pass the same
+    ``compile_texture`` as the transform that made the records for a bit-exact replay.
     """
 
     def __init__(
@@ -31,6 +32,7 @@ class InsertNodules(NoduleTransformBase):
         shape_model: ModelSpec = None,
         texture_model: ModelSpec = None,
         device: Any = None,
+        compile_texture: bool = False,
         **keys: str,
     ) -> None:
         parsed = []
@@ -42,7 +44,8 @@ class InsertNodules(NoduleTransformBase):
             if not r.diameter_px > 0:
                 raise ValueError(f"records[{i}].diameter_px must be positive, got {r.diameter_px}")
             parsed.append(r.replace(box_xyxy=None, measured_diameter_px=None))
-        super().__init__(weights=weights, shape_model=shape_model, texture_model=texture_model, lung_model=False, device=device, **keys)
+        super().__init__(weights=weights, shape_model=shape_model, texture_model=texture_model, lung_model=False, device=device,
+                         compile_texture=compile_texture, **keys)
         self.records = parsed
 
     def extra_repr(self) -> str:
