@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision import tv_tensors
@@ -96,3 +98,12 @@ def make_target(size=128, boxes=((20.0, 20.0, 30.0, 32.0),), fmt="XYXY", masks=F
     if spacing is not None:
         target["pixel_spacing_mm"] = spacing
     return target
+
+
+def tiny_sim_export(tmp_path_factory, normal: int, nodule: int, seed: int = 3, size: int = 128) -> Path:
+    """A small SimCXR export (``cxr-nodule-aug sim``) in a fresh temporary folder."""
+    from cxr_nodule_aug.sim.export import export
+
+    root = tmp_path_factory.mktemp("sim") / "export"
+    export(root, normal=normal, nodule=nodule, seed=seed, size=size, progress=False)
+    return root

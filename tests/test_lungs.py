@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_sim_export
 import torch
 from PIL import Image
 
@@ -45,11 +46,7 @@ def _write_node21(root: Path, images: list[tuple[str, np.ndarray, list[list[floa
 
 @pytest.fixture(scope="module")
 def sim_export(tmp_path_factory) -> Path:
-    from cxr_nodule_aug.sim.export import export
-
-    root = tmp_path_factory.mktemp("sim") / "export"
-    export(root, normal=2, nodule=1, seed=3, size=128, progress=False)
-    return root
+    return tiny_sim_export(tmp_path_factory, normal=2, nodule=1)
 
 
 @pytest.fixture(scope="module")

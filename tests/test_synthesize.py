@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_sim_export
 import torch
 from PIL import Image
 
@@ -32,11 +33,7 @@ def _synth(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory) -> Path:
-    from cxr_nodule_aug.sim.export import export
-
-    root = tmp_path_factory.mktemp("sim") / "export"
-    export(root, normal=2, nodule=4, seed=3, size=128, progress=False)
-    return root
+    return tiny_sim_export(tmp_path_factory, normal=2, nodule=4)
 
 
 @pytest.fixture(scope="module")
