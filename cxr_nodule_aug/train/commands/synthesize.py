@@ -83,24 +83,19 @@ def _contrast(text: str) -> float | tuple[float, float]:
     return _numbers(text, "--contrast", float, 0.0)
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--count {text!r}: expected a whole number >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--count {text!r}: expected a whole number >= 1")
-    return value
+def _whole_number(flag: str, minimum: int):
+    """An argparse ``type`` for ``flag``: an int >= ``minimum``, else a message naming the flag."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a whole number >= {minimum}")
+        return value
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed {text!r}: expected a whole number >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--seed {text!r}: expected a whole number >= 0")
-    return value
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", required=True, help="source dataset root")
     parser.add_argument("--dataset", default="simcxr", choices=DATASETS, help="source dataset kind (default simcxr)")
-    parser.add_argument("--count", type=_count, required=True, help="images to write (sources are cycled when this exceeds the dataset)")
+    parser.add_argument("--count", type=_whole_number("--count", 1), required=True, help="images to write (sources are cycled when this exceeds the dataset)")
     parser.add_argument("--out", type=Path, required=True, help="output directory (new, empty, or a run of the same command to resume)")
     parser.add_argument("--diameters", type=_diameters, default="4,24",
                         help="nodule diameter: a number, 'min,max' (uniform), or a hem_sampler.json from 'cxr-nodule-aug hem' (default 4,24)")
@@ -121,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="unit of a numeric --diameters (default mm; needs the source's pixel spacing); a sampler file has its own")
     parser.add_argument("--num-nodules", type=_num_nodules, default="1,3", help="nodules per image: a number or 'min,max' (default 1,3)")
     parser.add_argument("--contrast", type=_contrast, default="1.0", help="contrast scale: a number or 'min,max' (default 1.0)")
-    parser.add_argument("--seed", type=_seed, default=0, help="seeds the choice of source images and every nodule (default 0)")
+    parser.add_argument("--seed", type=_whole_number("--seed", 0), default=0, help="seeds the choice of source images and every nodule (default 0)")
     parser.add_argument("--weights", default=None, help="weights directory or org/name[@rev] (default: the shipped weights)")
     parser.add_argument("--nodule-free-only", action="store_true",
                         help="only sources without boxes; for SimCXR, a nodule image's nodule-free twin is used (its boxes dropped)")
