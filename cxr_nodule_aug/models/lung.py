@@ -52,13 +52,17 @@ class LungSegmenter(PretrainedMixin, nn.Module):
         if not self.head.weight.is_contiguous(memory_format=torch.channels_last):
             self.to(memory_format=torch.channels_last)
 
+    def _probability_at_input_size(self, image: torch.Tensor) -> torch.Tensor:
+        """Lung probability (B, 1, S, S) at the model's ``input_size``."""
+        self._to_channels_last()
+        small = F.interpolate(image.float(), size=(self.input_size, self.input_size), mode="area")
+        return torch.sigmoid(self(small))
+
     @torch.inference_mode()
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         """Lung probability (B, H, W) float for ``image`` (B, 1, H, W) float in [0, 1]."""
-        self._to_channels_last()
         h, w = image.shape[-2:]
-        small = F.interpolate(image.float(), size=(self.input_size, self.input_size), mode="area")
-        prob = torch.sigmoid(self(small))
+        prob = self._probability_at_input_size(image)
         return F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
 
     @torch.inference_mode()
@@ -66,10 +70,8 @@ class LungSegmenter(PretrainedMixin, nn.Module):
         """Lung mask (B, H, W) bool: thresholded at 0.5 at the model's resolution, keeping the
         ``keep_components`` largest connected regions (the two lungs) and dropping any smaller
         than ``min_fraction`` of the largest, then resized to the image."""
-        self._to_channels_last()
         h, w = image.shape[-2:]
-        small = F.interpolate(image.float(), size=(self.input_size, self.input_size), mode="area")
-        mask = torch.sigmoid(self(small))[:, 0] > 0.5
+        mask = self._probability_at_input_size(image)[:, 0] > 0.5
         mask = torch.stack([largest_components(m, keep_components, min_fraction) for m in mask])
         return F.interpolate(mask[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0] >= 0.5
 

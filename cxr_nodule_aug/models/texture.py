@@ -70,6 +70,16 @@ class _Stage(nn.Module):
 _MIN_CONTEXT_STD = 0.02  # a flat context is not stretched into noise
 
 
+def context_moments(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (B, 1, 1, 1) of each patch's context: the pixels of ``image`` (B, C, P, P)
+    outside the hole ``mask`` (B, 1, P, P), over every channel."""
+    keep = 1 - mask.to(image.dtype)
+    n = keep.sum((1, 2, 3), keepdim=True).clamp(min=1) * image.shape[1]
+    mu = (image * keep).sum((1, 2, 3), keepdim=True) / n
+    sd = (((image - mu) ** 2 * keep).sum((1, 2, 3), keepdim=True) / n).sqrt()
+    return mu, sd
+
+
 class TextureOutput(NamedTuple):
     coarse: torch.Tensor
     """Stage-1 output (B, C, P, P) in [0, 1]."""
@@ -140,10 +150,8 @@ class TextureGenerator(PretrainedMixin, nn.Module):
             raise ValueError(f"patch height and width must be multiples of 4, got {tuple(image.shape[-2:])}")
         mask = mask.to(image.dtype)
         if self.context_norm is not None:
-            keep = 1 - mask
-            n = keep.sum((1, 2, 3), keepdim=True).clamp(min=1) * image.shape[1]
-            mu = (image * keep).sum((1, 2, 3), keepdim=True) / n
-            sd = (((image - mu) ** 2 * keep).sum((1, 2, 3), keepdim=True) / n).sqrt().clamp(min=_MIN_CONTEXT_STD)
+            mu, sd = context_moments(image, mask)
+            sd = sd.clamp(min=_MIN_CONTEXT_STD)
             target_mean, target_std = self.context_norm
             out = self._run(((image - mu) / sd * target_std + target_mean).clamp(0, 1), mask)
             back = lambda y: ((y - target_mean) / target_std * sd + mu).clamp(0, 1)  # noqa: E731

@@ -30,7 +30,7 @@ from cxr_nodule_aug.eval.features import feature_extractor
 from cxr_nodule_aug.functional.insertion import region_side
 from cxr_nodule_aug.functional.intensity import to_working
 from cxr_nodule_aug.functional.size import equivalent_diameter
-from cxr_nodule_aug.models.texture import PatchDiscriminator, TextureGenerator
+from cxr_nodule_aug.models.texture import PatchDiscriminator, TextureGenerator, context_moments
 from cxr_nodule_aug.train import common
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,7 @@ class TextureConfig:
 
 def context_statistics(patches: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
     """Median over patches of the context's (outside the hole) mean and std, rounded to 1e-3."""
-    keep = (masks < 0.5).float()
-    n = keep.sum((1, 2, 3)).clamp(min=1)
-    mean = (patches * keep).sum((1, 2, 3)) / n
-    std = (((patches - mean[:, None, None, None]) ** 2 * keep).sum((1, 2, 3)) / n).sqrt()
+    mean, std = context_moments(patches, (masks >= 0.5).float())  # the hole as TextureGenerator sees it
     return round(float(mean.median()), 3), round(float(std.median()), 3)
 
 
