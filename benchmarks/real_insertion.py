@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from cxr_nodule_aug import NoduleInpaint
 from cxr_nodule_aug.functional.intensity import to_working
-from cxr_nodule_aug.train.commands.demo import real_radiograph
+from cxr_nodule_aug.cli.demo import real_radiograph
 
 
 def measure(gray_before: np.ndarray, gray_after: np.ndarray, mask: np.ndarray) -> dict[str, float]:

@@ -164,7 +164,7 @@ def tiny_export(tmp_path_factory):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cxr_nodule_aug.train.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
+    return subprocess.run([sys.executable, "-m", "cxr_nodule_aug.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
 def test_train_detector_resume_and_hem_cli(tiny_export, tmp_path):

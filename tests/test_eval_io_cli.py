@@ -20,7 +20,7 @@ from cxr_nodule_aug.eval import (  # noqa: E402
     read_node21_predictions,
     write_node21_predictions,
 )
-from cxr_nodule_aug.train.cli import main  # noqa: E402
+from cxr_nodule_aug.cli import main  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

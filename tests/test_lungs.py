@@ -25,7 +25,7 @@ from cxr_nodule_aug.datasets._common import lung_mask_filename
 from cxr_nodule_aug.models import LungSegmenter
 from cxr_nodule_aug.sim.export import _png_bytes
 from cxr_nodule_aug.train import cli
-from cxr_nodule_aug.train.commands import lungs
+from cxr_nodule_aug.cli import lungs
 from cxr_nodule_aug.train.common import resolve_config
 from cxr_nodule_aug.train.detector import DetectorConfig, build_loader, build_sets
 

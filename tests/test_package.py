@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cxr_nodule_aug.train.cli import COMMANDS, main
+from cxr_nodule_aug.cli import COMMANDS, main
 
 
 def test_cli_help_lists_commands(capsys):

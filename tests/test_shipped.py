@@ -62,7 +62,7 @@ def test_readme_quickstart_on_the_real_radiograph():
 
 @pytest.mark.slow
 def test_demo_command_on_the_real_radiograph(tmp_path):
-    from cxr_nodule_aug.train.cli import main
+    from cxr_nodule_aug.cli import main
 
     assert main(["demo", "--out", str(tmp_path), "--no-sim", "--shape-seeds", "1", "2"]) == 0
     assert (tmp_path / "demo_RG1_UNCR.png").stat().st_size > 10_000

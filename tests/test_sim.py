@@ -186,7 +186,7 @@ def test_export_refuses_foreign_dir(tmp_path):
 
 
 def test_cli_sim(tmp_path, capsys):
-    from cxr_nodule_aug.train.cli import main
+    from cxr_nodule_aug.cli import main
 
     assert main(["sim", "--normal", "1", "--nodule", "0", "--size", "64", "--out", str(tmp_path / "o"),
                  "--no-progress"]) == 0

@@ -24,7 +24,7 @@ ARGS = ["--count", str(COUNT), "--diameters", "6,16", "--num-nodules", "1,2", "-
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cxr_nodule_aug.train.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
+    return subprocess.run([sys.executable, "-m", "cxr_nodule_aug.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
 def _synth(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -102,7 +102,7 @@ def test_records_replay_to_the_written_pixels(tiny_export, synthesized):
 
 def test_resume_after_an_interruption_gives_identical_bytes(tiny_export, synthesized, tmp_path, monkeypatch):
     from cxr_nodule_aug.train import cli
-    from cxr_nodule_aug.train.commands import synthesize
+    from cxr_nodule_aug.cli import synthesize
 
     real, calls = synthesize.synthesize_one, []
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from cxr_nodule_aug import ShapeGenerator
-from cxr_nodule_aug.train.cli import main
+from cxr_nodule_aug.cli import main
 from cxr_nodule_aug.train.common import resolve_config
 from cxr_nodule_aug.train.shape import ShapeConfig
 
@@ -68,7 +68,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "cxr_nodule_aug.train.cli", "train", "shape", f"data={data}", f"out={out}", "steps=3", *TINY]
+           "-m", "cxr_nodule_aug.cli", "train", "shape", f"data={data}", f"out={out}", "steps=3", *TINY]
     subprocess.run(cmd, check=True, env=env, timeout=240)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
     assert (out / "model" / "model.safetensors").exists()

@@ -1,6 +1,6 @@
 """``cxr-nodule-aug train {shape,texture,lung,detector} [--config FILE.yaml] [key=value ...]``.
 
-Runs unchanged under ``torchrun --nproc-per-node N -m cxr_nodule_aug.train.cli train ...``.
+Runs unchanged under ``torchrun --nproc-per-node N -m cxr_nodule_aug.cli train ...``.
 The resolved config is written to ``<out>/config.yaml``; an existing ``<out>/checkpoint.pt``
 is resumed.
 """
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(module_name)
     config = args.config
     if config is not None and not Path(config).exists():
-        bundled = Path(__file__).resolve().parent.parent / "configs" / f"{config}.yaml"
+        bundled = Path(__file__).resolve().parent.parent / "train" / "configs" / f"{config}.yaml"
         if not bundled.exists():
             names = sorted(p.stem for p in bundled.parent.glob("*.yaml"))
             raise SystemExit(f"--config {config!r} is neither a file nor a bundled config ({', '.join(names)})")

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset not in DATASETS:
         extra = " (SimCXR exports ship their lung masks: masks/<name>_lung.png)" if args.dataset == "simcxr" else ""
         raise _fail(f"--dataset {args.dataset!r}: expected {' or '.join(DATASETS)}{extra}; "
-                    "for other datasets call cxr_nodule_aug.train.commands.lungs.write_lung_masks(dataset, out, NoduleInpaint()) in Python")
+                    "for other datasets call cxr_nodule_aug.cli.lungs.write_lung_masks(dataset, out, NoduleInpaint()) in Python")
     if not Path(args.data).is_dir():
         raise _fail(f"--data {args.data!r}: no such directory")
     if out.exists() and not out.is_dir():
