@@ -21,15 +21,15 @@ from PIL import Image
 
 from cxr_nodule_aug import NoduleInpaint
 from cxr_nodule_aug.datasets import LowPriorityWorkers, Node21Dataset, SimCXRDataset
-from cxr_nodule_aug.datasets._common import lung_mask_filename
+from cxr_nodule_aug.datasets import lung_mask_filename
 from cxr_nodule_aug.models import LungSegmenter
 from cxr_nodule_aug.sim.export import _png_bytes
-from cxr_nodule_aug.train import cli
-from cxr_nodule_aug.cli import lungs
+import cxr_nodule_aug.train
+from cxr_nodule_aug.cli import lungs, main
 from cxr_nodule_aug.train.common import resolve_config
 from cxr_nodule_aug.train.detector import DetectorConfig, build_loader, build_sets
 
-CONFIGS = Path(cli.__file__).resolve().parent / "configs"
+CONFIGS = Path(cxr_nodule_aug.train.__file__).resolve().parent / "configs"
 # A dotted name: its mask is "c.png", the rule the dataset reads with.
 NAMES = ("a.png", "b.png", "c.v2.png")
 
@@ -74,7 +74,7 @@ def masks(node21, tmp_path_factory) -> Path:
 
 
 def _lungs(data: Path, out: Path, *extra: str) -> int:
-    return cli.main(["lungs", "--data", str(data), "--dataset", "node21", "--out", str(out), "--no-progress", *extra])
+    return main(["lungs", "--data", str(data), "--dataset", "node21", "--out", str(out), "--no-progress", *extra])
 
 
 def _read(path: Path) -> torch.Tensor:
@@ -195,7 +195,7 @@ def test_bad_arguments_name_the_argument(node21, tmp_path, args, needle):
     for key, value in zip(args[::2], args[1::2]):
         argv[key] = value.format(**fill)
     with pytest.raises(SystemExit, match=f"cxr-nodule-aug lungs: {needle}"):
-        cli.main(["lungs", "--no-progress", *(x for kv in argv.items() for x in kv)])
+        main(["lungs", "--no-progress", *(x for kv in argv.items() for x in kv)])
     assert sorted(p.name for p in (node21 / "images").iterdir()) == sorted(NAMES)  # no image was replaced
 
 

@@ -101,7 +101,7 @@ def test_records_replay_to_the_written_pixels(tiny_export, synthesized):
 
 
 def test_resume_after_an_interruption_gives_identical_bytes(tiny_export, synthesized, tmp_path, monkeypatch):
-    from cxr_nodule_aug.train import cli
+    from cxr_nodule_aug import cli
     from cxr_nodule_aug.cli import synthesize
 
     real, calls = synthesize.synthesize_one, []

@@ -19,11 +19,13 @@ import csv
 import json
 from pathlib import Path
 
+from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", required=True, help="trained detector: a weights directory (train detector's <out>/model) or org/name[@rev]")
     parser.add_argument("--data", required=True, help="labelled dataset root (the detector's training set, as in the paper)")
-    parser.add_argument("--dataset", default="simcxr", help="dataset kind: simcxr, node21 or vindr (default simcxr)")
+    parser.add_argument("--dataset", default="simcxr", choices=list(DATASET_KINDS), help="dataset kind (default simcxr)")
     parser.add_argument("--score-threshold", type=float, default=None, help="operating threshold; default: the one giving --fp-per-image on --data")
     parser.add_argument("--fp-per-image", type=float, default=0.25, help="FP/image of the default operating threshold (NODE21: 0.25)")
     parser.add_argument("--iou-threshold", type=float, default=0.2, help="a nodule is detected by a box with IoU strictly above this (default 0.2)")
@@ -36,7 +38,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from cxr_nodule_aug.detection import NoduleDetector, ToDetectorInput, mine_nodules, missed_sampler, operating_threshold, plot_missed_histogram, predict_dataset
-    from cxr_nodule_aug.train.detector import open_dataset
 
     try:
         detector = NoduleDetector.from_pretrained(args.detector)

@@ -7,7 +7,7 @@ largest per-image cost of online augmentation on a CPU). This command runs the s
 dataset and writes to ``--out``::
 
     <name>.png     8-bit 0/255 lung field at the image's full resolution; <name> is
-                   :func:`~cxr_nodule_aug.datasets._common.lung_mask_filename`, the name the
+                   :func:`~cxr_nodule_aug.datasets.lung_mask_filename`, the name the
                    datasets' ``lung_mask_dir=`` reads
     failed.txt     only when some image got no mask: one line per such image,
                    ``<image path><TAB><reason>`` (e.g. the lung model found no lung)
@@ -34,7 +34,9 @@ import numpy as np
 
 from cxr_nodule_aug.sim.export import _atomic_write, _png_bytes  # one writer for every exported file
 
-DATASETS = ("node21", "vindr")  # the kinds of train.detector.open_dataset that take lung_mask_dir
+from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
+
+DATASETS = tuple(name for name, kind in DATASET_KINDS.items() if kind.lung_mask_folder)  # the kinds that take lung_mask_dir
 EXIT_SOME_FAILED = 3
 
 
@@ -70,7 +72,7 @@ class LungMaskSummary:
 def mask_names(dataset: Any) -> list[str]:
     """The mask file name of every image of ``dataset`` (an ``AnnotatedImages``), checked to be
     distinct."""
-    from cxr_nodule_aug.datasets._common import AnnotatedImages, lung_mask_filename
+    from cxr_nodule_aug.datasets import AnnotatedImages, lung_mask_filename
 
     if not isinstance(dataset, AnnotatedImages):
         raise TypeError(f"dataset must be a NODE21/VinDr/JSRT/ChestX-ray14 dataset (AnnotatedImages), got {type(dataset).__name__}")
@@ -148,11 +150,10 @@ def run(args: argparse.Namespace) -> int:
 
     from cxr_nodule_aug import NoduleInpaint
     from cxr_nodule_aug.hub import WeightsError
-    from cxr_nodule_aug.train.detector import open_dataset
 
     out: Path = args.out
     if args.dataset not in DATASETS:
-        extra = " (SimCXR exports ship their lung masks: masks/<name>_lung.png)" if args.dataset == "simcxr" else ""
+        extra = f" ({args.dataset} datasets ship their lung masks)" if args.dataset in DATASET_KINDS else ""
         raise _fail(f"--dataset {args.dataset!r}: expected {' or '.join(DATASETS)}{extra}; "
                     "for other datasets call cxr_nodule_aug.cli.lungs.write_lung_masks(dataset, out, NoduleInpaint()) in Python")
     if not Path(args.data).is_dir():

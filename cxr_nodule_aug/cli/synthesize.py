@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
 from cxr_nodule_aug.sim.export import _atomic_write, _png_bytes  # one writer for every exported file
 
 FORMAT = "cxr-nodule-aug-synthesize/1"
-DATASETS = ("simcxr", "node21", "vindr")
 
 
 # -- argument types ------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Rerunning the same command resumes; another command on a non-empty OUT is refused."
     )
     parser.add_argument("--data", required=True, help="source dataset root")
-    parser.add_argument("--dataset", default="simcxr", choices=DATASETS, help="source dataset kind (default simcxr)")
+    parser.add_argument("--dataset", default="simcxr", choices=list(DATASET_KINDS), help="source dataset kind (default simcxr)")
     parser.add_argument("--count", type=_whole_number("--count", 1), required=True, help="images to write (sources are cycled when this exceeds the dataset)")
     parser.add_argument("--out", type=Path, required=True, help="output directory (new, empty, or a run of the same command to resume)")
     parser.add_argument("--diameters", type=_diameters, default="4,24",
@@ -226,13 +226,8 @@ def _to_numpy(image) -> np.ndarray:
 
 # -- the work ------------------------------------------------------------------------------------
 def _open_sources(args: argparse.Namespace):
-    from cxr_nodule_aug.train.detector import open_dataset
-
-    dataset = open_dataset(args.dataset, args.data)
-    if args.dataset == "simcxr" and args.nodule_free_only:
-        from cxr_nodule_aug.datasets import SimCXRDataset
-
-        dataset = SimCXRDataset(args.data, return_pair=True)
+    options = {"return_pair": True} if args.dataset == "simcxr" and args.nodule_free_only else {}
+    dataset = open_dataset(args.dataset, args.data, **options)
     if len(dataset) == 0:
         raise ValueError(f"--data {args.data!r}: the {args.dataset} dataset holds no images")
     eligible = list(range(len(dataset)))

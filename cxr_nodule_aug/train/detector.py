@@ -31,12 +31,12 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
+from cxr_nodule_aug.datasets.kinds import check_lung_mask_folder
 from cxr_nodule_aug.detection import NoduleDetector, ToDetectorInput, detection_collate, predict_dataset
 from cxr_nodule_aug.train import common
 
 log = logging.getLogger(__name__)
-
-DATASETS = ("simcxr", "node21", "vindr")
 
 
 @dataclasses.dataclass
@@ -129,35 +129,9 @@ def online_augment(cfg: DetectorConfig):
                          contrast=cfg.augment_contrast)
 
 
-def open_dataset(kind: str, root: str, transforms: Callable | None = None, lung_mask_dir: str | None = None) -> Dataset:
-    """A dataset of the library by name (``simcxr``, ``node21``, ``vindr``) rooted at ``root``.
-
-    ``lung_mask_dir``: a folder of lung masks (``cxr-nodule-aug lungs``) for the real datasets;
-    SimCXR ships its own.
-    """
-    from cxr_nodule_aug import datasets
-
-    if kind not in DATASETS:
-        raise ValueError(f"dataset={kind!r}: expected one of {DATASETS} (others: build the Dataset in Python and call train(cfg, train_set=...))")
-    if not Path(root).is_dir():
-        raise FileNotFoundError(f"{kind} data directory {root!r} does not exist")
-    kwargs = {} if lung_mask_dir is None else {"lung_mask_dir": _lung_mask_folder(kind, lung_mask_dir)}
-    cls = {"simcxr": datasets.SimCXRDataset, "node21": datasets.Node21Dataset, "vindr": datasets.VinDrCXRDataset}[kind]
-    return cls(root, transforms=transforms, **kwargs)
-
-
-def _lung_mask_folder(kind: str, lung_mask_dir: str) -> str:
-    """``lung_mask_dir`` checked for a dataset of ``kind``."""
-    if kind == "simcxr":
-        raise ValueError("a simcxr dataset ships its own lung masks (masks/<name>_lung.png) and takes no lung mask folder")
-    if not Path(lung_mask_dir).is_dir():
-        raise FileNotFoundError(f"lung mask folder {str(lung_mask_dir)!r} does not exist (make it with cxr-nodule-aug lungs)")
-    return lung_mask_dir
-
-
 def _check_lung_masks(dataset: Dataset, key: str) -> None:
     """Every image of ``dataset`` has its mask: a clear error now, not a missing file mid-training."""
-    from cxr_nodule_aug.datasets._common import lung_mask_filename
+    from cxr_nodule_aug.datasets import lung_mask_filename
 
     folder = Path(dataset.lung_mask_dir)
     missing = [str(path) for _, path, _ in dataset.items if not (folder / lung_mask_filename(path)).is_file()]
@@ -170,7 +144,7 @@ def _check_lung_masks(dataset: Dataset, key: str) -> None:
 def _kind_and_root(entry: str, default_kind: str) -> tuple[str, str]:
     """``"node21:path"`` -> ("node21", "path"); a bare path takes ``default_kind``."""
     kind, sep, root = entry.partition(":")
-    if sep and kind in DATASETS:
+    if sep and kind in DATASET_KINDS:
         return kind, root
     return default_kind, entry
 
@@ -190,7 +164,7 @@ def build_sets(cfg: DetectorConfig) -> tuple[Dataset, Dataset | None]:
     lung_mask_dir = None
     if cfg.lung_masks:
         try:
-            _lung_mask_folder(cfg.dataset, cfg.lung_masks)
+            check_lung_mask_folder(cfg.dataset, cfg.lung_masks)
         except (ValueError, FileNotFoundError) as err:
             raise type(err)(f"lung_masks={cfg.lung_masks!r}: {err}") from None
         if cfg.augment_p > 0:

@@ -1,0 +1,104 @@
+"""The dataset kinds the command line and the trainers know by name: one table, one opener.
+
+``open_dataset("node21", root)`` is what ``--dataset node21`` and ``dataset=node21`` mean
+everywhere (``synthesize``, ``lungs``, ``hem``, ``train detector``). To add a kind, add one
+:class:`DatasetKind` to :data:`DATASET_KINDS`: a name, a one-line description of what the root
+holds, whether the dataset takes a folder of precomputed lung masks, and an ``open`` function
+``open(root, transforms=..., lung_mask_dir=..., **options) -> Dataset``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetKind:
+    """One entry of :data:`DATASET_KINDS`.
+
+    Attributes:
+        name: the name users type (``--dataset NAME``, ``dataset=NAME``).
+        layout: what the dataset root holds, one line (shown in errors and ``--help``).
+        lung_mask_folder: whether ``lung_mask_dir=`` (``cxr-nodule-aug lungs`` output) applies;
+            False for kinds that ship their own lung masks.
+        open: ``open(root, transforms=None, lung_mask_dir=None, **options) -> Dataset``; it is
+            called with ``lung_mask_dir`` only when ``lung_mask_folder`` is True.
+    """
+
+    name: str
+    layout: str
+    lung_mask_folder: bool
+    open: Callable[..., Dataset]
+
+
+def _simcxr(root: Path, transforms: Callable | None = None, **options: Any) -> Dataset:
+    from cxr_nodule_aug.datasets.simcxr import SimCXRDataset
+
+    return SimCXRDataset(root, transforms=transforms, **options)
+
+
+def _node21(root: Path, transforms: Callable | None = None, lung_mask_dir: str | Path | None = None, **options: Any) -> Dataset:
+    from cxr_nodule_aug.datasets.node21 import Node21Dataset
+
+    return Node21Dataset(root, transforms=transforms, lung_mask_dir=lung_mask_dir, **options)
+
+
+def _vindr(root: Path, transforms: Callable | None = None, lung_mask_dir: str | Path | None = None, **options: Any) -> Dataset:
+    from cxr_nodule_aug.datasets.vindr import VinDrCXRDataset
+
+    return VinDrCXRDataset(root, transforms=transforms, lung_mask_dir=lung_mask_dir, **options)
+
+
+DATASET_KINDS: dict[str, DatasetKind] = {
+    kind.name: kind
+    for kind in (
+        DatasetKind("simcxr", "a 'cxr-nodule-aug sim' export (manifest.json, images/, masks/, records/)", False, _simcxr),
+        DatasetKind("node21", "NODE21: metadata.csv (img_name,x,y,width,height,label) and images/", True, _node21),
+        DatasetKind("vindr", "VinDr-CXR: train.csv (image_id,class_name,rad_id,x_min,...) and train/<image_id>.dicom", True, _vindr),
+    )
+}
+
+
+def dataset_kind(kind: str) -> DatasetKind:
+    """The table entry of ``kind``; a ``ValueError`` listing the known kinds otherwise."""
+    if kind not in DATASET_KINDS:
+        known = ", ".join(DATASET_KINDS)
+        raise ValueError(f"dataset kind {kind!r} is not one of {known} (any other Dataset: build it in Python)")
+    return DATASET_KINDS[kind]
+
+
+def open_dataset(kind: str, root: str | Path, transforms: Callable | None = None, lung_mask_dir: str | Path | None = None,
+                 **options: Any) -> Dataset:
+    """The dataset of kind ``kind`` (a key of :data:`DATASET_KINDS`) rooted at ``root``.
+
+    Args:
+        kind: ``simcxr``, ``node21``, ``vindr``, ... (see :data:`DATASET_KINDS`).
+        root: the dataset's root directory.
+        transforms: ``transforms(image, target)`` applied to every sample.
+        lung_mask_dir: a folder of lung masks (``cxr-nodule-aug lungs``) for kinds that take one.
+        **options: passed to the dataset class (e.g. ``return_pair=True`` for SimCXR).
+
+    Raises:
+        ValueError: an unknown kind, or a lung mask folder for a kind that ships its own masks.
+        FileNotFoundError: ``root`` or ``lung_mask_dir`` is not a directory.
+    """
+    entry = dataset_kind(kind)
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"{kind} data directory {str(root)!r} does not exist")
+    if lung_mask_dir is not None:
+        check_lung_mask_folder(kind, lung_mask_dir)
+        options["lung_mask_dir"] = lung_mask_dir
+    return entry.open(Path(root), transforms=transforms, **options)
+
+
+def check_lung_mask_folder(kind: str, lung_mask_dir: str | Path) -> None:
+    """``lung_mask_dir`` checked for a dataset of ``kind``: the kind takes one, and it exists."""
+    if not dataset_kind(kind).lung_mask_folder:
+        raise ValueError(f"a {kind} dataset ships its own lung masks and takes no lung mask folder")
+    if not Path(lung_mask_dir).is_dir():
+        raise FileNotFoundError(f"lung mask folder {str(lung_mask_dir)!r} does not exist (make it with cxr-nodule-aug lungs)")
