@@ -42,7 +42,7 @@ def test_open_passes_transforms_and_lung_masks(tmp_path):
 
 
 def test_unknown_kind_lists_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"'nih' is not one of simcxr, node21, vindr"):
+    with pytest.raises(ValueError, match=r"dataset='nih' is not a dataset kind this package reads; expected one of simcxr, node21, vindr"):
         open_dataset("nih", tmp_path)
 
 

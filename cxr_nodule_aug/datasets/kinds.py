@@ -68,7 +68,8 @@ def dataset_kind(kind: str) -> DatasetKind:
     """The table entry of ``kind``; a ``ValueError`` listing the known kinds otherwise."""
     if kind not in DATASET_KINDS:
         known = ", ".join(DATASET_KINDS)
-        raise ValueError(f"dataset kind {kind!r} is not one of {known} (any other Dataset: build it in Python)")
+        raise ValueError(f"dataset={kind!r} is not a dataset kind this package reads; expected one of {known} "
+                         "(any other Dataset: build it in Python)")
     return DATASET_KINDS[kind]
 
 
