@@ -8,6 +8,7 @@
 
 __version__ = "0.1.0"
 
+from cxr_nodule_aug.datasets.loader import collate_samples
 from cxr_nodule_aug.functional.placement import PlacementError
 from cxr_nodule_aug.hub import WeightsError, load_model
 from cxr_nodule_aug.models import LungSegmenter, PatchDiscriminator, ShapeDiscriminator, ShapeGenerator, TextureGenerator
@@ -28,5 +29,6 @@ __all__ = [
     "TextureGenerator",
     "WeightsError",
     "__version__",
+    "collate_samples",
     "load_model",
 ]

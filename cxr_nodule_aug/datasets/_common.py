@@ -49,7 +49,11 @@ def make_sample(
     masks: np.ndarray | torch.Tensor | None = None,
     extra: dict | None = None,
 ):
-    """``(tv_tensors.Image, target)`` in the library's convention (boxes XYXY, labels int64)."""
+    """``(tv_tensors.Image, target)`` in the library's convention (boxes XYXY, labels int64).
+
+    ``pixel_spacing_mm`` is in the target only when it is known (``target.get(...)`` is None
+    otherwise), so that every value of a sample can pass torch's default collate.
+    """
     from torchvision import tv_tensors
 
     h, w = image.shape[-2:]
@@ -58,9 +62,11 @@ def make_sample(
     target = {
         "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
         "labels": torch.as_tensor(list(labels) if labels is not None else [1] * n, dtype=torch.int64),
-        "pixel_spacing_mm": pixel_spacing_mm,
         "image_id": image_id,
     }
+    # An unknown spacing is an absent key, not None: torch's default collate refuses None.
+    if pixel_spacing_mm is not None:
+        target["pixel_spacing_mm"] = tuple(float(s) for s in pixel_spacing_mm)
     if masks is not None:
         target["masks"] = tv_tensors.Mask(torch.as_tensor(np.asarray(masks)).bool().reshape(-1, h, w))
     if lung_mask is not None:

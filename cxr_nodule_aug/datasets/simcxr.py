@@ -12,11 +12,22 @@ import torch
 from cxr_nodule_aug.datasets._common import make_sample
 
 
+def _without_none(value):
+    """``value`` with the dict entries whose value is None (JSON null: "not set") left out, at any
+    depth, so that a sample passes torch's default collate, which refuses None."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
 class SimCXRDataset(torch.utils.data.Dataset):
     """Samples ``(tv_tensors.Image (1,H,W) uint16, target)`` from a SimCXR export.
 
     Target: ``boxes`` (XYXY, exclusive max), ``labels`` (1), ``masks`` (N,H,W) nodule masks,
-    ``lung_mask``, ``heart_mask``, ``pixel_spacing_mm``, ``image_id``, ``nodules`` (records),
+    ``lung_mask``, ``heart_mask``, ``pixel_spacing_mm``, ``image_id``, ``nodules`` (the simulator's
+    records as dicts; entries that are null in the JSON, i.e. not set, are left out),
     and with ``return_pair=True`` ``image_nodule_free`` (Image; nodule images only, else the
     image itself).
 
@@ -73,7 +84,7 @@ class SimCXRDataset(torch.utils.data.Dataset):
         masks = np.stack([inst == k + 1 for k in range(n)]) if n else np.zeros((0, *inst.shape), bool)
         extra = {
             "heart_mask": None,
-            "nodules": r["nodules"],
+            "nodules": [_without_none(nd) for nd in r["nodules"]],
         }
         from torchvision import tv_tensors
 
