@@ -7,13 +7,26 @@ Every model saves as a directory holding ``config.json`` (the constructor argume
 * ``"org/name"`` or ``"org/name@revision"`` on the Hub, through ``huggingface_hub``
   (``hf_hub_download``: its cache, ``revision`` pinning and ``local_files_only`` all apply).
 
-Loading is strict: missing or unexpected keys, or a ``model_type`` that is not the class asked
-for, raise :class:`WeightsError` naming the file.
+Loading is strict and treats both files as untrusted data:
+
+* ``model_type`` picks the class from one explicit table (:mod:`cxr_nodule_aug.registry`),
+  imported on demand, so every saved model loads in a fresh interpreter;
+* constructor arguments that only choose an initialisation (``NoduleDetector``'s ``imagenet``)
+  are ignored: building a model from a config never reads a pretrained file;
+* the config's types are checked, and the model is first built on the ``meta`` device (no
+  memory) and compared with the safetensors header (names, shapes, dtypes) before anything is
+  allocated; a mismatch names the config field that causes it when one can be told;
+* tensors are never cast (a float16 or int64 file for a float32 model is refused), and
+  non-finite values (NaN, inf) are refused, naming the tensor.
+
+Every failure is a :class:`WeightsError` naming the file.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 import re
 import tempfile
@@ -22,8 +35,11 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from huggingface_hub import HfApi, hf_hub_download
+from safetensors import safe_open
 from safetensors.torch import load_model as _load_safetensors
 from safetensors.torch import save_model as _save_safetensors
+
+from cxr_nodule_aug.registry import MODEL_TYPES, model_class
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -35,8 +51,13 @@ _REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.\-]*/[\w.\-]+)(?:@(?P<rev>[\w.\
 
 M = TypeVar("M", bound="PretrainedMixin")
 
-# model_type -> class, filled by PretrainedMixin.__init_subclass__.
-MODEL_REGISTRY: dict[str, type[PretrainedMixin]] = {}
+__all__ = ["MODEL_TYPES", "PretrainedMixin", "WeightsError", "load_model"]
+
+# torch dtype -> the safetensors header's dtype name.
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
 
 
 class WeightsError(RuntimeError):
@@ -153,11 +174,13 @@ class PretrainedMixin:
 
     model_type: ClassVar[str]
     config: dict[str, Any]
+    # Constructor arguments that only choose an initialisation, with the value loading uses:
+    # the saved weights replace that initialisation, so loading never needs (or reads) it.
+    init_only_args: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.model_type = cls.__name__
-        MODEL_REGISTRY[cls.__name__] = cls
 
     def register_config(self, **kwargs: Any) -> None:
         json.dumps(kwargs)  # fail early on a non-JSON argument
@@ -208,26 +231,107 @@ class PretrainedMixin:
         config.pop("metadata", None)
         target_cls: type[PretrainedMixin] = cls
         if cls is PretrainedMixin:
-            if model_type not in MODEL_REGISTRY:
-                raise WeightsError(f"{config_path}: unknown model_type {model_type!r}; known: {sorted(MODEL_REGISTRY)}")
-            target_cls = MODEL_REGISTRY[model_type]
+            try:
+                target_cls = model_class(model_type)
+            except KeyError as err:
+                raise WeightsError(f"{config_path}: {err.args[0]}") from None
         elif model_type != cls.model_type:
             raise WeightsError(f"{config_path} holds a {model_type!r}, not a {cls.model_type!r}")
-        try:
-            model = target_cls(**config)
-        except TypeError as err:
-            raise WeightsError(f"{config_path} does not match {target_cls.__name__}'s arguments: {err}") from err
+        config.update({k: v for k, v in target_cls.init_only_args.items() if k in config})
+        _check_config_types(target_cls, config, config_path)
+        expected = _build(target_cls, config, config_path, device="meta")
+        _check_header(weights_path, expected, config, config_path, target_cls.__name__)
+        model = _build(target_cls, config, config_path, device=None)
         try:
             _load_safetensors(model, str(weights_path), strict=True, device=str(map_location))
         except RuntimeError as err:
             raise WeightsError(f"{weights_path} does not match {target_cls.__name__}{config}: {err}") from err
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise WeightsError(f"{weights_path}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf); refusing to load it")
         model.to(map_location)
         model.eval()
         return model  # type: ignore[return-value]
 
 
-def load_model(source: str | os.PathLike, **kwargs: Any) -> Any:
-    """Load any model of this library from ``source``, choosing the class from ``config.json``."""
-    import cxr_nodule_aug.detection  # noqa: F401  (registers NoduleDetector)
+def _check_config_types(cls: type, config: dict[str, Any], config_path: Path) -> None:
+    """Each config value has its constructor default's type; integers are >= 0, floats finite."""
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in config.items():
+        if key not in params or params[key].default is inspect.Parameter.empty:
+            continue  # an unknown key fails at construction, naming it
+        default = params[key].default
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, want = isinstance(value, int) and not isinstance(value, bool) and value >= 0, "a non-negative integer"
+        elif isinstance(default, float):
+            ok, want = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), "a finite number"
+        elif isinstance(default, str):
+            ok, want = isinstance(value, str), "a string"
+        else:
+            continue  # None, tuples: the constructor checks them
+        if not ok:
+            raise WeightsError(f"{config_path}: field {key!r} must be {want}, got {value!r}")
 
+
+def _build(cls: type, config: dict[str, Any], config_path: Path, device: str | None) -> Any:
+    """``cls(**config)``, on ``device`` when given (``"meta"``: shapes only, no memory)."""
+    try:
+        if device is None:
+            return cls(**config)
+        with torch.device(device):
+            return cls(**config)
+    except TypeError as err:
+        raise WeightsError(f"{config_path} does not match {cls.__name__}'s arguments: {err}") from err
+    except (ValueError, RuntimeError) as err:
+        raise WeightsError(f"{config_path}: {cls.__name__}{config} cannot be built: {err}") from err
+
+
+def _blame(config: dict[str, Any], built: tuple[int, ...], stored: tuple[int, ...]) -> list[str]:
+    """Config fields whose value is a dimension of the built tensor but not of the stored one."""
+    return [k for k, v in config.items() if isinstance(v, int) and not isinstance(v, bool) and v in built and v not in stored]
+
+
+def _check_header(weights_path: Path, model: Any, config: dict[str, Any], config_path: Path, cls_name: str) -> None:
+    """Compare a (meta) model's tensors with the safetensors header, reading no tensor data."""
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            header = {}
+            for name in f.keys():
+                piece = f.get_slice(name)
+                header[name] = (tuple(piece.get_shape()), piece.get_dtype())
+    except Exception as err:  # safetensors raises its own error type for a corrupt file
+        raise WeightsError(f"{weights_path} is not a readable safetensors file: {err}") from err
+    tensors = model.state_dict(keep_vars=True)
+    aliases: dict[int, list[str]] = {}
+    for name, t in tensors.items():
+        aliases.setdefault(id(t), []).append(name)
+    where = f"{weights_path} does not match {cls_name}{config}"
+    unexpected = sorted(set(header) - set(tensors))
+    missing = sorted(names[0] for names in aliases.values() if not any(n in header for n in names))
+    if unexpected or missing:
+        show = lambda names: ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")  # noqa: E731
+        parts = ([f"the file lacks {show(missing)}"] if missing else []) + ([f"the file has unexpected {show(unexpected)}"] if unexpected else [])
+        raise WeightsError(f"{where}: {'; '.join(parts)} ({config_path} describes another architecture)")
+    sizes = ", ".join(f"{k}={v}" for k, v in config.items() if isinstance(v, int) and not isinstance(v, bool))
+    for name, t in tensors.items():
+        if name not in header:
+            continue  # a tied alias of a stored tensor
+        built, (stored, _) = tuple(t.shape), header[name]
+        if built != stored:
+            fields = _blame(config, built, stored)
+            cause = (f"config.json field {fields[0]!r}={config[fields[0]]} makes it {built}" if len(fields) == 1
+                     else f"config.json's sizes ({sizes}) make it {built}")
+            raise WeightsError(f"{where}: tensor {name!r} is {stored} in the file but {cause} ({config_path})")
+    for name, t in tensors.items():
+        if name in header and header[name][1] != _SAFETENSORS_DTYPES.get(t.dtype):
+            raise WeightsError(f"{where}: tensor {name!r} is stored as {header[name][1]} but the model holds {t.dtype}; "
+                               "weights are never cast: save them in the model's dtype")
+
+
+def load_model(source: str | os.PathLike, **kwargs: Any) -> Any:
+    """Load any model of this library from ``source``, choosing the class from ``config.json``
+    (``model_type``, looked up in :data:`cxr_nodule_aug.registry.MODEL_TYPES`)."""
     return PretrainedMixin.from_pretrained(source, **kwargs)

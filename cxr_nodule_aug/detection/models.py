@@ -150,9 +150,12 @@ class NoduleDetector(PretrainedMixin, nn.Module):
         score_thresh: lowest box score kept at test time (keep it low: the FROC needs the tail).
         detections_per_img: boxes kept per image at test time.
         imagenet: initialise the backbone from ImageNet weights available offline (only the
-            initialisation; saved detectors load without them).
+            initialisation, for training: loading a saved detector never reads them, whatever
+            its ``config.json`` says).
         trainable_layers: ResNet stages left trainable when ``imagenet`` (torchvision's meaning).
     """
+
+    init_only_args = {"imagenet": False}
 
     def __init__(
         self,
@@ -188,19 +191,23 @@ class NoduleDetector(PretrainedMixin, nn.Module):
         body, n_maps = _backbone(backbone, arch, imagenet, fpn_channels, trainable_layers)
         lite = backbone == "lite0"
         norm = {"image_mean": [0.498] * 3 if lite else _IMAGENET_MEAN, "image_std": [0.502] * 3 if lite else _IMAGENET_STD}
-        common: dict[str, Any] = dict(min_size=image_size, max_size=image_size, detections_per_img=detections_per_img, **norm)
+        if isinstance(detections_per_img, bool) or not isinstance(detections_per_img, int) or detections_per_img < 1:
+            raise ValueError(f"detections_per_img must be an integer >= 1, got {detections_per_img!r}")
+        common: dict[str, Any] = dict(min_size=image_size, max_size=image_size, **norm)
         if arch == "fasterrcnn":
             sizes = tuple((anchor_size * 2**i,) for i in range(n_maps))
             anchors = AnchorGenerator(sizes, (aspect_ratios,) * n_maps)
             head = TwoMLPHead(body.out_channels * 7 * 7, box_head_width)
             self.model = FasterRCNN(body, num_classes=None, rpn_anchor_generator=anchors, box_head=head,
                                     box_predictor=FastRCNNPredictor(box_head_width, 2), box_score_thresh=score_thresh,
-                                    rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=200, box_batch_size_per_image=128, **common)
+                                    rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=200, box_batch_size_per_image=128,
+                                    box_detections_per_img=detections_per_img, **common)
         else:
             # RetinaNet: three scales per octave on each map (torchvision's default layout).
             sizes = tuple(tuple(anchor_size * 2**i * 2 ** (k / 3) for k in range(3)) for i in range(n_maps))
             anchors = AnchorGenerator(sizes, (aspect_ratios,) * n_maps)
-            self.model = RetinaNet(body, num_classes=2, anchor_generator=anchors, score_thresh=score_thresh, **common)
+            self.model = RetinaNet(body, num_classes=2, anchor_generator=anchors, score_thresh=score_thresh,
+                                   detections_per_img=detections_per_img, **common)
         self.image_size = image_size
 
     @staticmethod
