@@ -16,7 +16,10 @@ class SimCXRDataset(torch.utils.data.Dataset):
     """Samples ``(tv_tensors.Image (1,H,W) uint16, target)`` from a SimCXR export.
 
     Target: ``boxes`` (XYXY, exclusive max), ``labels`` (1), ``masks`` (N,H,W) nodule masks,
-    ``lung_mask``, ``heart_mask``, ``pixel_spacing_mm``, ``image_id``, ``nodules`` (records),
+    ``lung_mask``, ``heart_mask``, ``pixel_spacing_mm``, ``image_id``, ``sim_nodules`` (the
+    simulator's :class:`~cxr_nodule_aug.sim.SimNodule` dicts: 3-D parameters, contrast, ...; not
+    ``nodules``, the key :class:`~cxr_nodule_aug.NoduleInpaint` appends its replayable
+    :class:`~cxr_nodule_aug.NoduleRecord` s to, so ``InsertNodules(out["nodules"])`` replays),
     and with ``return_pair=True`` ``image_nodule_free`` (Image; nodule images only, else the
     image itself).
 
@@ -73,7 +76,7 @@ class SimCXRDataset(torch.utils.data.Dataset):
         masks = np.stack([inst == k + 1 for k in range(n)]) if n else np.zeros((0, *inst.shape), bool)
         extra = {
             "heart_mask": None,
-            "nodules": r["nodules"],
+            "sim_nodules": r["nodules"],
         }
         from torchvision import tv_tensors
 

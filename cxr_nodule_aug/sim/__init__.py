@@ -8,13 +8,13 @@ from cxr_nodule_aug.sim.nodules import DENSITIES, SHAPES, NoduleParams, NoduleSa
 from cxr_nodule_aug.sim.render import (
     MASK_FRACTION,
     NoduleDoesNotFitError,
-    NoduleRecord,
     RenderConfig,
     RenderResult,
     SimCXR,
+    SimNodule,
 )
 
 __all__ = [
     "CTVolume", "default_ct_paths", "NoduleParams", "NoduleSampler", "SHAPES", "DENSITIES",
-    "SimCXR", "RenderConfig", "RenderResult", "NoduleRecord", "NoduleDoesNotFitError", "MASK_FRACTION",
+    "SimCXR", "RenderConfig", "RenderResult", "SimNodule", "NoduleDoesNotFitError", "MASK_FRACTION",
 ]

@@ -79,9 +79,11 @@ class RenderConfig:
 
 
 @dataclass
-class NoduleRecord:
-    """One inserted nodule. Pixels are output pixels; boxes are XYXY with exclusive max
-    (``x_max = last column + 1``)."""
+class SimNodule:
+    """One nodule the simulator inserted (what it did in 3-D and where it landed). Not the
+    library's :class:`cxr_nodule_aug.NoduleRecord` (a replayable 2-D insertion); datasets carry
+    these under ``target["sim_nodules"]``. Pixels are output pixels; boxes are XYXY with
+    exclusive max (``x_max = last column + 1``)."""
 
     index: int
     params: NoduleParams
@@ -121,7 +123,7 @@ class RenderResult:
     nodule_masks: torch.Tensor
     lung_mask: torch.Tensor
     masks: dict[str, torch.Tensor]
-    nodules: list[NoduleRecord]
+    nodules: list[SimNodule]
     pixel_spacing_mm: tuple[float, float]
     seed: int
     params: dict[str, Any]
@@ -622,14 +624,14 @@ def _soft_clip(v: torch.Tensor, t: float = 0.08) -> torch.Tensor:
     return torch.where(v < t, low, torch.where(v > 1 - t, high, v))
 
 
-def _record(i, q, mask, img, free, lung_field, du) -> NoduleRecord:
+def _record(i, q, mask, img, free, lung_field, du) -> SimNodule:
     from skimage.measure import regionprops
 
     m = mask.numpy()
     ys, xs = np.nonzero(m)
     props = regionprops(m.astype(np.uint8))[0]
     d_px = 0.5 * (props.axis_major_length + props.axis_minor_length)
-    return NoduleRecord(
+    return SimNodule(
         index=i,
         params=q["params"],
         center_world_mm=tuple(float(x) for x in q["center"]),
