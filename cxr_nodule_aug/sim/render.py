@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from cxr_nodule_aug.sim import physics
 from cxr_nodule_aug.sim.ct import CTVolume
-from cxr_nodule_aug.sim.nodules import NoduleParams, NoduleSampler
+from cxr_nodule_aug.sim.nodules import LIDCNoduleSampler, NoduleParams, NoduleSampler
 
 #: A nodule's 2-D mask is where its chord length (mm, averaged over the pixel) is at least this
 #: fraction of its largest chord length.
@@ -72,7 +72,8 @@ class RenderConfig:
     unsharp_gain: tuple[float, float] = (0.3, 1.2)
     unsharp_sigma_mm: tuple[float, float] = (6.0, 20.0)
     gamma: tuple[float, float] = (0.8, 1.3)
-    nodules: NoduleSampler = field(default_factory=NoduleSampler)
+    # Real LIDC-IDRI nodules (train split) by default; NoduleSampler() for procedural ones.
+    nodules: LIDCNoduleSampler | NoduleSampler = field(default_factory=LIDCNoduleSampler)
     nodules_per_image: tuple[int, int] = (1, 3)  # when render(n_nodules=None) draws a count
     min_lung_field_fraction: float = 0.5  # of a nodule's 2-D mask inside the 2-D lung field
     mask_fraction: float = MASK_FRACTION
