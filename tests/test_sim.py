@@ -192,3 +192,27 @@ def test_cli_sim(tmp_path, capsys):
                  "--no-progress"]) == 0
     assert "complete" in capsys.readouterr().out
     assert (tmp_path / "o" / "images" / "simcxr_000000.png").is_file()
+
+
+def test_simcxr_sample_replays_through_insert_nodules(tmp_path):
+    """The simulator's own nodules ride under target["sim_nodules"]; "nodules" is NoduleInpaint's,
+    so its records replay on a SimCXR sample (issue 11: it used to fail with unknown fields)."""
+    from conftest import EllipseShapeGenerator, tiny_texture
+    from torchvision.transforms import v2
+
+    from cxr_nodule_aug import InsertNodules, NoduleInpaint
+    from cxr_nodule_aug.datasets import SimCXRDataset
+    from cxr_nodule_aug.sim import SimNodule
+
+    root = tmp_path / "e"
+    _export(root, normal=0, nodule=1)
+    image, target = SimCXRDataset(root)[0]
+    assert "nodules" not in target and len(target["sim_nodules"]) == len(target["boxes"]) >= 1
+    assert set(target["sim_nodules"][0]) == set(SimNodule.__dataclass_fields__)
+    tf = NoduleInpaint(diameters=(8, 12), num_nodules=1, p=1.0, shape_model=EllipseShapeGenerator(),
+                       texture_model=tiny_texture(), generator=torch.Generator().manual_seed(3))
+    out_img, out_tgt = v2.Compose([tf])(image, target)
+    assert len(out_tgt["nodules"]) == 1 and out_tgt["sim_nodules"] == target["sim_nodules"]
+    replay = InsertNodules(out_tgt["nodules"], shape_model=EllipseShapeGenerator(), texture_model=tiny_texture())
+    r_img, r_tgt = replay(image, target)
+    assert torch.equal(r_img, out_img) and torch.equal(r_tgt["boxes"], out_tgt["boxes"])

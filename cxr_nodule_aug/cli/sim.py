@@ -25,14 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: render images with index %% n == i")
     parser.add_argument("--workers", type=int, default=1, help="processes (one thread each)")
     parser.add_argument("--diameter-mm", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                        help="nodule diameter range in mm (default 4 30)")
+                        help="nodule diameter range in mm (default 4 30; for LIDC nodules: their real sizes)")
+    parser.add_argument("--nodules", choices=("lidc", "procedural"), default="lidc",
+                        help="real LIDC-IDRI nodule shapes (default) or procedural ones")
+    parser.add_argument("--lidc-split", choices=("train", "val", "test"), default="train",
+                        help="LIDC split the nodules come from: match it to the export's use (default train)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     from cxr_nodule_aug.sim.export import export
 
-    overrides = {}
+    overrides = {"nodule_source": args.nodules}
+    if args.nodules == "lidc":
+        overrides["lidc_split"] = args.lidc_split
     if args.diameter_mm is not None:
         overrides["nodule_diameter_mm"] = list(args.diameter_mm)
     manifest = export(args.out, normal=args.normal, nodule=args.nodule, seed=args.seed, size=args.size,

@@ -26,8 +26,11 @@ class SimCXRDataset(torch.utils.data.Dataset):
     """Samples ``(tv_tensors.Image (1,H,W) uint16, target)`` from a SimCXR export.
 
     Target: ``boxes`` (XYXY, exclusive max), ``labels`` (1), ``masks`` (N,H,W) nodule masks,
-    ``lung_mask``, ``heart_mask``, ``pixel_spacing_mm``, ``image_id``, ``nodules`` (the simulator's
-    records as dicts; entries that are null in the JSON, i.e. not set, are left out),
+    ``lung_mask``, ``heart_mask``, ``pixel_spacing_mm``, ``image_id``, ``sim_nodules`` (the
+    simulator's :class:`~cxr_nodule_aug.sim.SimNodule` dicts: 3-D parameters, contrast, ...;
+    entries that are null in the JSON, i.e. not set, are left out; not ``nodules``, the key
+    :class:`~cxr_nodule_aug.NoduleInpaint` appends its replayable
+    :class:`~cxr_nodule_aug.NoduleRecord` s to, so ``InsertNodules(out["nodules"])`` replays),
     and with ``return_pair=True`` ``image_nodule_free`` (Image; nodule images only, else the
     image itself).
 
@@ -84,7 +87,7 @@ class SimCXRDataset(torch.utils.data.Dataset):
         masks = np.stack([inst == k + 1 for k in range(n)]) if n else np.zeros((0, *inst.shape), bool)
         extra = {
             "heart_mask": None,
-            "nodules": [_without_none(nd) for nd in r["nodules"]],
+            "sim_nodules": [_without_none(nd) for nd in r["nodules"]],
         }
         from torchvision import tv_tensors
 

@@ -2,5 +2,6 @@
 
 from cxr_nodule_aug.samplers.base import Choice, Constant, IntUniform, Sampler, Uniform, as_sampler
 from cxr_nodule_aug.samplers.hem import HEMSampler
+from cxr_nodule_aug.samplers.lidc import LIDCDiameters
 
-__all__ = ["Choice", "Constant", "HEMSampler", "IntUniform", "Sampler", "Uniform", "as_sampler"]
+__all__ = ["Choice", "Constant", "HEMSampler", "IntUniform", "LIDCDiameters", "Sampler", "Uniform", "as_sampler"]

