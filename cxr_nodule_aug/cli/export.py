@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 INTENDED_USE = {
-    "ShapeGenerator": "Draws nodule shape masks (128 x 128) from a seed, for NoduleInpaint's size modulation.",
+    "ShapeGenerator": "Draws nodule shape masks ({image_size} x {image_size}) from a seed, for NoduleInpaint's size modulation.",
     "TextureGenerator": "Synthesises nodule texture inside a shape mask on a chest X-ray patch, for NoduleInpaint.",
     "LungSegmenter": "Finds the lung fields so NoduleInpaint can place nodules on radiographs that come without a lung mask.",
 }
@@ -54,7 +54,7 @@ def model_card(run: Path, config: dict, model_config: dict, extra_metrics: dict 
         "---",
         f"# {model_type} for cxr-nodule-aug",
         "",
-        INTENDED_USE.get(model_type, ""),
+        INTENDED_USE.get(model_type, "").format(**model_config),
         "",
         "## Training data",
         data_note,

@@ -98,7 +98,7 @@ def modulate_size(mask: torch.Tensor, diameter_px: float, canvas: int = 256, *, 
     ``refine_steps`` secant steps on the measured diameter and the closest result is kept.
 
     Args:
-        mask: (H, W) bool or {0, 1}; any size (the shape generator gives 128 x 128).
+        mask: (H, W) bool or {0, 1}; any size (the shape generator gives image_size x image_size: 64 shipped, 128 at the paper's size).
         diameter_px: requested equivalent diameter in pixels, > 0.
         canvas: side of the output grid in pixels.
 

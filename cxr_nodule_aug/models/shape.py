@@ -24,8 +24,10 @@ def _num_upsamplings(image_size: int) -> int:
 class ShapeGenerator(PretrainedMixin, nn.Module):
     """DCGAN generator: ``z`` (B, latent_dim) -> shape probabilities (B, 1, S, S) in [0, 1].
 
-    Paper size: latent_dim=100, base_width=512 at 4x4, five stride-2 4x4 transposed
-    convolutions (BN + ReLU) to 128x128. Threshold at 0.5 for the binary mask.
+    Paper size (the defaults): latent_dim=100, base_width=512 at 4x4, five stride-2 4x4 transposed
+    convolutions (BN + ReLU) to 128x128. The shipped model is smaller (base_width=128,
+    image_size=64: four upsamplings); ``image_size`` sets the number of upsamplings. Threshold at
+    0.5 for the binary mask.
 
     In eval mode :meth:`generate` keeps the last ``cache_size`` masks per (seed, device) in an
     LRU cache, so a replay (``InsertNodules``) or a repeated seed does not run the network
