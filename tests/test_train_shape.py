@@ -57,10 +57,45 @@ def test_train_resume_and_outputs(tmp_path):
     assert g.image_size == 32
 
 
-def test_missing_data_is_a_clear_error(tmp_path):
-    # The CLI exits with the message (no traceback); the message names the argument.
-    with pytest.raises(SystemExit, match="data="):
-        main(["train", "shape", f"data={tmp_path / 'nope'}", f"out={tmp_path / 'run'}", *TINY])
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    # The CLI prints one line (no traceback), exit 1; the message names the argument.
+    assert main(["train", "shape", f"data={tmp_path / 'nope'}", f"out={tmp_path / 'run'}", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "data=" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _radiographs(folder: Path, n: int = 2) -> Path:
+    """16-bit images with thousands of grey levels, as a folder of radiographs holds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        yy, xx = np.mgrid[:96, :96]
+        pixels = 1500 + 900 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + rng.normal(0, 200, (96, 96))
+        Image.fromarray(pixels.clip(0, 4095).astype(np.uint16)).save(folder / f"r{i}.png")
+    return folder
+
+
+def test_a_folder_of_radiographs_is_refused_before_training(tmp_path, capsys):
+    data = _radiographs(tmp_path / "radiographs")
+    out = tmp_path / "run"
+    assert main(["train", "shape", f"data={data}", f"out={out}", "steps=20", *TINY]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    # What it found (the distinct values of the first file), and what it expected.
+    found = len(np.unique(np.array(Image.open(data / "r0.png"))))
+    assert f"image 'r0.png' has {found:,} distinct values" in err and "expected binary nodule masks" in err, err
+    assert not out.exists()  # refused before the run folder was made
+
+
+def test_binary_masks_with_antialiased_grey_edges_are_refused(tmp_path):
+    from cxr_nodule_aug.train.shape import MAX_LABELS, MaskFolder
+
+    yy, xx = np.mgrid[:64, :64]
+    soft = np.clip(255 * (14 - np.hypot(yy - 32, xx - 32)), 0, 255).astype(np.uint8)  # a disc with a ramp edge
+    soft[0, : MAX_LABELS + 1] = np.arange(1, MAX_LABELS + 2)  # more grey levels than labels allowed
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    with pytest.raises(ValueError, match=f"<= {MAX_LABELS} labels"):
+        MaskFolder(tmp_path, image_size=32)
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

@@ -3,6 +3,8 @@
 One module per subcommand in this package, each defining ``add_arguments(parser)`` and
 ``run(args) -> int``. :data:`COMMANDS` names them, and a module is imported only when its
 subcommand runs (so ``--help`` stays fast and works without optional extras installed).
+A command fails by raising; :func:`main` reports it as one line on stderr with exit 2
+(usage) or 1 (runtime), see :mod:`cxr_nodule_aug.cli.errors`.
 Only the ``train`` command imports :mod:`cxr_nodule_aug.train`, and only when it runs.
 """
 
@@ -14,6 +16,7 @@ import sys
 from typing import Sequence
 
 from cxr_nodule_aug import __version__
+from cxr_nodule_aug.cli.errors import ArgumentParser, report
 
 # name -> (module, one-line help). Later work adds its subcommand here.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,11 +33,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="cxr-nodule-aug",
         description="Insert realistic, controllable lung nodules into chest X-rays.",
+        epilog="Errors are one line on stderr (exit 2: bad usage, 1: the command failed); --debug shows the traceback.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, raise it with its traceback instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         # Arguments are added lazily in main(): the subparser here only carries the help line.
@@ -43,16 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (errors: see :mod:`cxr_nodule_aug.cli.errors`).
+
+    ``--debug`` (anywhere before a lone ``--``) re-raises a command's exception with its traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if not argv or argv[0] not in COMMANDS:
-        args = parser.parse_args(argv)  # prints help / errors for unknown commands
-        if args.command is None:
-            parser.print_help()
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    debug = "--debug" in head
+    if debug:
+        argv.remove("--debug")
+    name = argv[0] if argv and argv[0] in COMMANDS else None
+    try:
+        if name is None:
+            args = build_parser().parse_args(argv)  # help, --version, or an unknown command (a usage error)
+            build_parser().print_help()
             return 0
-    name = argv[0]
-    module = importlib.import_module(COMMANDS[name][0])
-    sub_parser = argparse.ArgumentParser(prog=f"cxr-nodule-aug {name}", description=COMMANDS[name][1])
-    module.add_arguments(sub_parser)
-    args = sub_parser.parse_intermixed_args(argv[1:])
-    return int(module.run(args) or 0)
+        module = importlib.import_module(COMMANDS[name][0])
+        sub_parser = ArgumentParser(prog=f"cxr-nodule-aug {name}", description=COMMANDS[name][1])
+        module.add_arguments(sub_parser)
+        args = sub_parser.parse_intermixed_args(argv[1:])
+        return int(module.run(args) or 0)
+    except SystemExit as err:
+        if err.code is None or isinstance(err.code, int):  # --help, --version, or an explicit status
+            raise
+        if debug:
+            raise
+        return report(name, err)
+    except BaseException as err:  # noqa: BLE001 - the one place errors become exit codes
+        if debug:
+            raise
+        return report(name, err)

@@ -19,17 +19,21 @@ import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
 
+from cxr_nodule_aug.cli.arguments import existing_file, number, output_dir, whole_number
+from cxr_nodule_aug.cli.errors import CommandError, UsageError
+
 DEFAULT_SEEDS = (11, 22, 33, 44)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    diameter = number(above=0.0)
+    parser.add_argument("--out", type=output_dir, required=True, help="output directory")
     parser.add_argument("--weights", default=None, help="weights directory or org/name[@rev] (default: the shipped weights)")
-    parser.add_argument("--image", type=Path, default=None, help="a radiograph to use instead of the pydicom-data one")
-    parser.add_argument("--diameters-px", type=float, nargs=3, default=(30.0, 60.0, 100.0), help="for the real radiograph")
-    parser.add_argument("--diameters-mm", type=float, nargs=3, default=(6.0, 12.0, 20.0), help="for the SimCXR render")
-    parser.add_argument("--seed", type=int, default=0, help="placement seed")
-    parser.add_argument("--shape-seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--image", type=existing_file, default=None, help="a radiograph to use instead of the pydicom-data one")
+    parser.add_argument("--diameters-px", type=diameter, nargs=3, default=(30.0, 60.0, 100.0), help="for the real radiograph (three, > 0)")
+    parser.add_argument("--diameters-mm", type=diameter, nargs=3, default=(6.0, 12.0, 20.0), help="for the SimCXR render (three, > 0)")
+    parser.add_argument("--seed", type=whole_number(0), default=0, help="placement seed")
+    parser.add_argument("--shape-seeds", type=whole_number(0), nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument("--no-sim", action="store_true", help="skip the SimCXR render")
 
 
@@ -39,7 +43,7 @@ def real_radiograph(path: Path | None = None):
     if path is None:
         path = Path(str(importlib.resources.files("data_store") / "data" / "RG1_UNCR.dcm"))
         if not path.is_file():
-            raise SystemExit(f"the demo radiograph {path} is missing: install pydicom-data (pip install pydicom-data)")
+            raise CommandError(f"the demo radiograph {path} is missing: install pydicom-data (pip install pydicom-data)")
     return read_image(path)
 
 
@@ -71,6 +75,10 @@ def run_one(name: str, image: torch.Tensor, target: dict, tf, diameters: list[fl
     spacing = target.get("pixel_spacing_mm")
     mm_per_px = None if spacing is None else (spacing[0] + spacing[1]) / 2
     d_px = [d / mm_per_px for d in diameters] if unit == "mm" else list(diameters)
+    if max(d_px) * 1.5 > min(image.shape[-2:]):  # the lungs are smaller than the image: refuse before any work
+        flag = "--diameters-mm" if unit == "mm" else "--diameters-px"
+        raise UsageError(f"{flag} {max(diameters):g}: a {max(d_px):.0f} px nodule cannot fit in the lungs of the {name} image "
+                         f"({image.shape[-1]} x {image.shape[-2]} px)")
     lung = tf.lung_mask(image.as_subclass(torch.Tensor), target)
     shapes = tf.shape_model.generate(seeds)
     P, fill = tf.texture_model.patch_size, tf.texture_model.max_fill
@@ -148,10 +156,18 @@ def _display_with_window(new: torch.Tensor, reference: torch.Tensor) -> torch.Te
 def run(args: argparse.Namespace) -> int:
     from cxr_nodule_aug import NoduleInpaint
 
+    from cxr_nodule_aug.hub import WeightsError
+
+    try:
+        tf = NoduleInpaint(weights=args.weights, p=1.0)
+    except (WeightsError, ValueError, FileNotFoundError) as err:
+        raise UsageError(f"--weights {args.weights!r}: {err}" if args.weights is not None else str(err)) from None
+    try:
+        radiograph = real_radiograph(args.image)
+    except ValueError as err:
+        raise UsageError(f"--image {str(args.image)!r}: {err}") from None
     args.out.mkdir(parents=True, exist_ok=True)
-    tf = NoduleInpaint(weights=args.weights, p=1.0)
     summaries = []
-    radiograph = real_radiograph(args.image)
     image = radiograph.to_tensor()
     H, W = image.shape[-2:]
     target = {

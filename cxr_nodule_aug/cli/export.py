@@ -13,6 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from cxr_nodule_aug.cli.arguments import existing_file
+from cxr_nodule_aug.cli.errors import UsageError
+
 INTENDED_USE = {
     "ShapeGenerator": "Draws nodule shape masks ({image_size} x {image_size}) from a seed, for NoduleInpaint's size modulation.",
     "TextureGenerator": "Synthesises nodule texture inside a shape mask on a chest X-ray patch, for NoduleInpaint.",
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="subfolder of the weights directory, e.g. shape, texture, lung")
     parser.add_argument("--weights-dir", type=Path, default=Path("weights"))
     parser.add_argument("--data-note", default=DATA_NOTE, help="what data trained it (goes into the model card)")
-    parser.add_argument("--extra-metrics", type=Path, default=None, help="JSON file of evaluation metrics to add to the card")
+    parser.add_argument("--extra-metrics", type=existing_file, default=None, help="JSON file of evaluation metrics to add to the card")
     parser.add_argument("--push-to-hub", default=None, metavar="ORG/NAME", help="also upload to this Hub repo")
 
 
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir = args.run / "model"
     if not (model_dir / "config.json").exists():
-        raise SystemExit(f"{model_dir} holds no trained model (config.json): is {args.run} a finished training run?")
+        raise UsageError(f"{model_dir} holds no trained model (config.json): is {args.run} a finished training run?")
     model = load_model(model_dir)
     model_config = json.loads((model_dir / "config.json").read_text())
     config = yaml.safe_load((args.run / "config.yaml").read_text()) if (args.run / "config.yaml").exists() else {}

@@ -19,19 +19,21 @@ import csv
 import json
 from pathlib import Path
 
+from cxr_nodule_aug.cli.arguments import existing_dir, number, output_dir, weights_source, whole_number
+from cxr_nodule_aug.cli.errors import UsageError
 from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", required=True, help="trained detector: a weights directory (train detector's <out>/model) or org/name[@rev]")
-    parser.add_argument("--data", required=True, help="labelled dataset root (the detector's training set, as in the paper)")
+    parser.add_argument("--data", required=True, type=existing_dir, help="labelled dataset root (the detector's training set, as in the paper)")
     parser.add_argument("--dataset", default="simcxr", choices=list(DATASET_KINDS), help="dataset kind (default simcxr)")
-    parser.add_argument("--score-threshold", type=float, default=None, help="operating threshold; default: the one giving --fp-per-image on --data")
-    parser.add_argument("--fp-per-image", type=float, default=0.25, help="FP/image of the default operating threshold (NODE21: 0.25)")
-    parser.add_argument("--iou-threshold", type=float, default=0.2, help="a nodule is detected by a box with IoU strictly above this (default 0.2)")
-    parser.add_argument("--bandwidth", type=float, default=0.0, help="Gaussian smoothing of the sampled diameters, mm (default 0: the paper's plain resampling)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=Path("hem"), help="output directory (default ./hem)")
+    parser.add_argument("--score-threshold", type=number(0.0, 1.0), default=None, help="operating threshold in [0, 1]; default: the one giving --fp-per-image on --data")
+    parser.add_argument("--fp-per-image", type=number(above=0.0), default=0.25, help="FP/image of the default operating threshold (NODE21: 0.25)")
+    parser.add_argument("--iou-threshold", type=number(0.0, below=1.0), default=0.2, help="a nodule is detected by a box with IoU strictly above this, in [0, 1) (default 0.2)")
+    parser.add_argument("--bandwidth", type=number(0.0), default=0.0, help="Gaussian smoothing of the sampled diameters, mm (default 0: the paper's plain resampling)")
+    parser.add_argument("--batch-size", type=whole_number(1), default=8)
+    parser.add_argument("--out", type=output_dir, default=Path("hem"), help="output directory (default ./hem)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,19 +41,21 @@ def run(args: argparse.Namespace) -> int:
 
     from cxr_nodule_aug.detection import NoduleDetector, ToDetectorInput, mine_nodules, missed_sampler, operating_threshold, plot_missed_histogram, predict_dataset
 
+    detector = weights_source("--detector", args.detector, NoduleDetector.from_pretrained)
     try:
-        detector = NoduleDetector.from_pretrained(args.detector)
         dataset = open_dataset(args.dataset, args.data, transforms=ToDetectorInput(detector.config["image_size"]))
-        samples = [dataset[i] for i in range(len(dataset))]
-        predictions, targets = predict_dataset(detector, samples, batch_size=args.batch_size)
-        if args.score_threshold is None:
-            threshold = operating_threshold(predictions, targets, args.fp_per_image, args.iou_threshold)
-        else:
-            threshold = args.score_threshold
-        table = mine_nodules(predictions, samples, threshold, args.iou_threshold)
-        sampler = missed_sampler(table, attribute="diameter_mm" if "diameter_mm" in table else "diameter_px", bandwidth=args.bandwidth)
     except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"cxr-nodule-aug hem: {err}") from None
+        raise UsageError(f"--data {str(args.data)!r}: {err}") from None
+    if len(dataset) == 0:
+        raise UsageError(f"--data {str(args.data)!r}: the {args.dataset} dataset holds no images")
+    samples = [dataset[i] for i in range(len(dataset))]
+    predictions, targets = predict_dataset(detector, samples, batch_size=args.batch_size)
+    if args.score_threshold is None:
+        threshold = operating_threshold(predictions, targets, args.fp_per_image, args.iou_threshold)
+    else:
+        threshold = args.score_threshold
+    table = mine_nodules(predictions, samples, threshold, args.iou_threshold)
+    sampler = missed_sampler(table, attribute="diameter_mm" if "diameter_mm" in table else "diameter_px", bandwidth=args.bandwidth)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     sampler.save(out / "hem_sampler.json")

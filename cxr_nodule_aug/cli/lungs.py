@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from cxr_nodule_aug.sim.export import _atomic_write, _png_bytes  # one writer for every exported file
-
+from cxr_nodule_aug.cli.errors import CommandError, UsageError
 from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
+from cxr_nodule_aug.io import atomic_write, png_bytes, remove_temp_files
 
 DATASETS = tuple(name for name, kind in DATASET_KINDS.items() if kind.lung_mask_folder)  # the kinds that take lung_mask_dir
 EXIT_SOME_FAILED = 3
@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def _fail(message: str) -> SystemExit:
-    return SystemExit(f"cxr-nodule-aug lungs: {message}")
+def _fail(message: str) -> UsageError:
+    return UsageError(message)
 
 
 @dataclasses.dataclass
@@ -133,13 +133,14 @@ def write_lung_masks(dataset: Any, out: Path, inpaint: Any, progress: bool = Fal
                 continue
             if tuple(mask.shape) != tuple(image.shape[-2:]) or not mask.any():  # lung_mask guarantees both
                 raise RuntimeError(f"{path}: lung mask of shape {tuple(mask.shape)} with {int(mask.sum())} pixels; refusing to write it")
-            _atomic_write(out / name, _png_bytes(mask.cpu().numpy().astype(np.uint8) * 255))
+            atomic_write(out / name, png_bytes(mask.cpu().numpy().astype(np.uint8) * 255))
             summary.written.append(name)
     finally:
         torch.set_num_threads(threads)
+    remove_temp_files(out)  # left by a killed run
     failed_txt = out / "failed.txt"
     if summary.failed:
-        _atomic_write(failed_txt, "".join(f"{p}\t{' '.join(r.split())}\n" for p, r in summary.failed).encode())
+        atomic_write(failed_txt, "".join(f"{p}\t{' '.join(r.split())}\n" for p, r in summary.failed).encode())
     elif failed_txt.is_file():
         failed_txt.unlink()  # an earlier run's failures now all have masks
     return summary
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = write_lung_masks(dataset, out, inpaint, progress=not args.no_progress)
     except ValueError as err:
-        raise _fail(str(err)) from None
+        raise CommandError(str(err)) from None
     print(f"{len(dataset)} images: wrote {len(summary.written)} lung masks, kept {len(summary.skipped)} already in {out}, "
           f"{len(summary.failed)} without a lung")
     if summary.failed:

@@ -40,62 +40,30 @@ from typing import Any
 
 import numpy as np
 
+from cxr_nodule_aug.cli.arguments import NumberRange, output_dir, torch_device, whole_number
+from cxr_nodule_aug.cli.errors import CommandError, UsageError
 from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
-from cxr_nodule_aug.sim.export import _atomic_write, _png_bytes  # one writer for every exported file
+from cxr_nodule_aug.io import atomic_write, png_bytes, remove_temp_files
 
 FORMAT = "cxr-nodule-aug-synthesize/1"
 
 
 # -- argument types ------------------------------------------------------------------------------
-def _numbers(text: str, flag: str, cast: type, low: float) -> float | tuple[float, float]:
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = [cast(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a number or 'min,max'") from None
-    if len(values) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a number or 'min,max'")
-    if any(not np.isfinite(v) or v < low for v in values):
-        raise argparse.ArgumentTypeError(f"{flag} {text!r}: values must be >= {low}")
-    if len(values) == 2 and values[0] > values[1]:
-        raise argparse.ArgumentTypeError(f"{flag} {text!r}: min is above max")
-    return values[0] if len(values) == 1 else (values[0], values[1])
+_DIAMETER = NumberRange(float, above=0.0)
 
 
-def _diameters(text: str) -> str:
-    """A HEM sampler file (checked in run) or a validated number / range (kept as text)."""
+def _diameters(text: str) -> str | float | tuple[float, float]:
+    """A HEM sampler file (checked in run) or a diameter > 0 / 'min,max' range."""
     if text.endswith(".json"):
         return text
-    value = _numbers(text, "--diameters", float, 0.0)
-    if min(value if isinstance(value, tuple) else (value,)) <= 0:
-        raise argparse.ArgumentTypeError(f"--diameters {text!r}: diameters must be positive")
-    return text
+    return _DIAMETER(text)
 
 
 def _num_nodules(text: str) -> int | tuple[int, int]:
-    value = _numbers(text, "--num-nodules", int, 0)
+    value = NumberRange(int, minimum=0)(text)
     if max(value if isinstance(value, tuple) else (value,)) < 1:
-        raise argparse.ArgumentTypeError(f"--num-nodules {text!r}: must allow at least one nodule")
+        raise argparse.ArgumentTypeError(f"{text!r}: must allow at least one nodule")
     return value
-
-
-def _contrast(text: str) -> float | tuple[float, float]:
-    return _numbers(text, "--contrast", float, 0.0)
-
-
-def _whole_number(flag: str, minimum: int):
-    """An argparse ``type`` for ``flag``: an int >= ``minimum``, else a message naming the flag."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a whole number >= {minimum}")
-        return value
-
-    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,27 +76,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", required=True, help="source dataset root")
     parser.add_argument("--dataset", default="simcxr", choices=list(DATASET_KINDS), help="source dataset kind (default simcxr)")
-    parser.add_argument("--count", type=_whole_number("--count", 1), required=True, help="images to write (sources are cycled when this exceeds the dataset)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory (new, empty, or a run of the same command to resume)")
-    parser.add_argument("--diameters", type=_diameters, default="4,24",
+    parser.add_argument("--count", type=whole_number(1), required=True, help="images to write (sources are cycled when this exceeds the dataset)")
+    parser.add_argument("--out", type=output_dir, required=True, help="output directory (new, empty, or a run of the same command to resume)")
+    parser.add_argument("--diameters", type=_diameters, default=(4.0, 24.0),
                         help="nodule diameter: a number, 'min,max' (uniform), or a hem_sampler.json from 'cxr-nodule-aug hem' (default 4,24)")
     parser.add_argument("--unit", choices=("mm", "px"), default="mm",
                         help="unit of a numeric --diameters (default mm; needs the source's pixel spacing); a sampler file has its own")
-    parser.add_argument("--num-nodules", type=_num_nodules, default="1,3", help="nodules per image: a number or 'min,max' (default 1,3)")
-    parser.add_argument("--contrast", type=_contrast, default="1.0", help="contrast scale: a number or 'min,max' (default 1.0)")
-    parser.add_argument("--seed", type=_whole_number("--seed", 0), default=0, help="seeds the choice of source images and every nodule (default 0)")
+    parser.add_argument("--num-nodules", type=_num_nodules, default=(1, 3), help="nodules per image: a number or 'min,max' (default 1,3)")
+    parser.add_argument("--contrast", type=NumberRange(float, minimum=0.0), default=1.0, help="contrast scale: a number or 'min,max' (default 1.0)")
+    parser.add_argument("--seed", type=whole_number(0), default=0, help="seeds the choice of source images and every nodule (default 0)")
     parser.add_argument("--weights", default=None, help="weights directory or org/name[@rev] (default: the shipped weights)")
     parser.add_argument("--nodule-free-only", action="store_true",
                         help="only sources without boxes; for SimCXR, a nodule image's nodule-free twin is used (its boxes dropped)")
-    parser.add_argument("--device", default="cpu", help="where the networks run (default cpu); records replay exactly on the same device")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="where the networks run (default cpu); records replay exactly on the same device")
     parser.add_argument("--no-progress", action="store_true")
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _fail(message: str) -> SystemExit:
-    return SystemExit(f"cxr-nodule-aug synthesize: {message}")
-
-
 def image_seed(seed: int, index: int) -> int:
     """The generator seed of output image ``index`` (independent of every other image)."""
     return int(np.random.SeedSequence([int(seed), int(index), 5]).generate_state(1, dtype=np.uint64)[0] % 2**63)
@@ -166,10 +130,10 @@ def _manifest_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments that decide the output bytes, in a form that compares across reruns."""
     diameters = args.diameters
     sampler_sha = None
-    if diameters.endswith(".json"):
+    if isinstance(diameters, str):
         path = Path(diameters)
         if not path.is_file():
-            raise _fail(f"--diameters {diameters!r}: no such HEM sampler file")
+            raise UsageError(f"--diameters {diameters!r}: no such HEM sampler file")
         sampler_sha = hashlib.sha256(path.read_bytes()).hexdigest()
         diameters = str(path.resolve())
     weights = args.weights
@@ -187,26 +151,26 @@ def _check_or_write_manifest(out: Path, manifest: dict[str, Any]) -> bool:
     """Create ``out/manifest.json`` or check that ``out`` holds the same run; True if complete."""
     path = out / "manifest.json"
     if out.exists() and not out.is_dir():
-        raise _fail(f"--out {str(out)!r} is a file, not a directory")
+        raise UsageError(f"--out {str(out)!r} is a file, not a directory")
     if path.is_file():
         try:
             old = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise _fail(f"--out {str(out)!r}: unreadable manifest.json ({err}); use a new --out") from None
+            raise CommandError(f"--out {str(out)!r}: unreadable manifest.json ({err}); use a new --out") from None
         old_core = {k: v for k, v in old.items() if k != "complete"}
         if old_core != manifest:
             keys = set(old_core.get("arguments", {})) | set(manifest["arguments"])
             diff = sorted(k for k in keys if old_core.get("arguments", {}).get(k) != manifest["arguments"].get(k))
             diff += [k for k in ("format", "library_version") if old_core.get(k) != manifest[k]]
-            raise _fail(
+            raise UsageError(
                 f"--out {str(out)!r} holds a synthesized set made by a different command (differs in: {', '.join(diff)}); "
                 "use a new --out, or the same arguments to resume"
             )
         return bool(old.get("complete"))
     if out.is_dir() and any(out.iterdir()):
-        raise _fail(f"--out {str(out)!r} is not empty and holds no synthesize manifest.json: refusing to mix datasets; use a new --out")
+        raise UsageError(f"--out {str(out)!r} is not empty and holds no synthesize manifest.json: refusing to mix datasets; use a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps({**manifest, "complete": False}, indent=1, sort_keys=True).encode())
+    atomic_write(path, json.dumps({**manifest, "complete": False}, indent=1, sort_keys=True).encode())
     return False
 
 
@@ -222,6 +186,67 @@ def _to_numpy(image) -> np.ndarray:
     if t.dtype == torch.uint16:
         return t[0].to(torch.int32).numpy().astype(np.uint16)
     raise ValueError(f"image dtype {t.dtype} cannot be written as an 8/16-bit PNG without rescaling (only uint8 and uint16 sources are supported)")
+
+
+def _finish(out: Path) -> None:
+    """Remove what only an unfinished run needs (.parts/) and temp files a killed run left;
+    idempotent, run after the manifest says complete."""
+    shutil.rmtree(out / ".parts", ignore_errors=True)
+    remove_temp_files(out)
+
+
+def _diameter_range(args: argparse.Namespace) -> tuple[float, float, str, str]:
+    """(smallest, largest) requested diameter, its unit and the words that asked for it."""
+    if isinstance(args.diameters, str):
+        from cxr_nodule_aug import HEMSampler
+
+        try:
+            sampler = HEMSampler.load(args.diameters)
+        except (ValueError, KeyError, OSError) as err:
+            raise UsageError(f"--diameters {args.diameters!r}: not a HEM sampler file ({err})") from None
+        values = sampler.table[sampler.attribute]
+        # A smoothed sampler can draw past its largest mined value; 4 bandwidths covers it.
+        return float(values.min()), float(values.max()) + 4 * sampler.bandwidth, sampler.unit, f"--diameters {args.diameters!r} (a {sampler.unit} sampler)"
+    lo, hi = args.diameters if isinstance(args.diameters, tuple) else (args.diameters, args.diameters)
+    return float(lo), float(hi), args.unit, f"--diameters {lo:g}" + (f",{hi:g}" if hi != lo else "") + f" --unit {args.unit}"
+
+
+def check_diameters_fit(args: argparse.Namespace, dataset: Any, source_index: int) -> None:
+    """Refuse, before any model loads, diameters no nodule of which can fit in the first source.
+
+    A nodule's diameter is its area-equivalent diameter, so one of ``d`` px covers
+    ``pi d^2 / 4`` px; it must lie inside the lung field (the source's lung mask, else the
+    whole image). A largest requested diameter whose disc is larger than that area cannot be
+    placed on any image of the size of the first source, and would only fail after the
+    models loaded (or, for a range, midway through the run). ``--unit mm`` needs the source's
+    pixel spacing. Borderline sizes are left to the placement, which names the nodule.
+    """
+    import math
+
+    import torch
+
+    lo, hi, unit, asked = _diameter_range(args)
+    image, target = dataset[source_index]
+    source_id = str(target.get("image_id", source_index))
+    H, W = (int(v) for v in image.shape[-2:])
+    hi_px = hi
+    if unit == "mm":
+        spacing = target.get("pixel_spacing_mm")
+        if spacing is None:
+            raise UsageError(f"{asked}: diameters in mm need the pixel spacing, and source image {source_id!r} has none; "
+                             "give the diameters in pixels with --unit px")
+        mm_per_px = float(torch.as_tensor(spacing, dtype=torch.float64).flatten().min())
+        hi_px = hi / mm_per_px
+    lung = target.get("lung_mask")
+    if lung is not None:
+        area, where = int(torch.as_tensor(lung).bool().sum()), f"the lung field ({int(torch.as_tensor(lung).bool().sum())} px)"
+    else:
+        area, where = H * W, "the image"
+    largest = 2 * math.sqrt(area / math.pi)
+    if hi_px > largest:
+        fits = largest if unit == "px" else largest * mm_per_px
+        raise UsageError(f"{asked}: a {hi_px:.0f} px nodule cannot fit in {where} of source image {source_id!r} ({W} x {H} px); "
+                         f"diameters must stay below {fits:.1f} {unit}")
 
 
 # -- the work ------------------------------------------------------------------------------------
@@ -243,12 +268,11 @@ def _make_transform(args: argparse.Namespace):
 
     from cxr_nodule_aug import HEMSampler, NoduleInpaint
 
-    if args.diameters.endswith(".json"):
+    if isinstance(args.diameters, str):
         diameters: Any = HEMSampler.load(args.diameters)
         unit = diameters.unit
     else:
-        diameters = _numbers(args.diameters, "--diameters", float, 0.0)
-        unit = args.unit
+        diameters, unit = args.diameters, args.unit
     return NoduleInpaint(diameters=diameters, unit=unit, num_nodules=args.num_nodules, contrast=args.contrast, p=1.0,
                          weights=args.weights, device=args.device, generator=torch.Generator())
 
@@ -287,10 +311,10 @@ def synthesize_one(tf, dataset, source_index: int, index: int, name: str, seed: 
     boxes = out_target["boxes"]
     xyxy = TF.convert_bounding_box_format(boxes.as_subclass(torch.Tensor).float(), old_format=boxes.format, new_format="XYXY")
     records = out_target["nodules"]
-    _atomic_write(out / "images" / f"{name}.png", _png_bytes(_to_numpy(out_image)))
+    atomic_write(out / "images" / f"{name}.png", png_bytes(_to_numpy(out_image)))
     if "lung_mask" in clean:
         lung = clean["lung_mask"].as_subclass(torch.Tensor).cpu().bool().numpy().astype(np.uint8) * 255
-        _atomic_write(out / "lung_masks" / f"{name}.png", _png_bytes(lung))
+        atomic_write(out / "lung_masks" / f"{name}.png", png_bytes(lung))
     spacing = clean.get("pixel_spacing_mm")
     return {
         "img_name": f"{name}.png", "source_id": source_id, "source_index": int(source_index),
@@ -323,9 +347,9 @@ def _write_dataset_files(out: Path, parts: list[dict[str, Any]]) -> None:
         for record in part["records"]:
             line = {k: part[k] for k in ("img_name", "source_id", "source_index", "source_image")}
             lines.append(json.dumps({**line, "record": record}, sort_keys=True))
-    _atomic_write(out / "metadata.csv", meta.getvalue().encode())
-    _atomic_write(out / "pixel_spacing.csv", spacing.getvalue().encode())
-    _atomic_write(out / "records.jsonl", "".join(line + "\n" for line in lines).encode())
+    atomic_write(out / "metadata.csv", meta.getvalue().encode())
+    atomic_write(out / "pixel_spacing.csv", spacing.getvalue().encode())
+    atomic_write(out / "records.jsonl", "".join(line + "\n" for line in lines).encode())
     if (out / "lung_masks").is_dir() and not any((out / "lung_masks").iterdir()):
         (out / "lung_masks").rmdir()  # sources without lung masks (real datasets)
 
@@ -337,27 +361,26 @@ def run(args: argparse.Namespace) -> int:
     from cxr_nodule_aug import __version__
 
     out: Path = args.out
+    if not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data!r}: no such directory")
+    # Through JSON once, so that it compares equal to the manifest read back on resume.
+    manifest = json.loads(json.dumps({"format": FORMAT, "library_version": __version__, "arguments": _manifest_arguments(args), "count": args.count}))
     try:
-        if not Path(args.data).is_dir():
-            raise ValueError(f"--data {args.data!r}: no such directory")
-        try:
-            torch.device(args.device)
-        except RuntimeError:
-            raise ValueError(f"--device {args.device!r}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
-        # Through JSON once, so that it compares equal to the manifest read back on resume.
-        manifest = json.loads(json.dumps({"format": FORMAT, "library_version": __version__, "arguments": _manifest_arguments(args), "count": args.count}))
         dataset, eligible = _open_sources(args)
-        tf = _make_transform(args)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        raise _fail(str(err)) from None
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"--data {args.data!r}: {err}") from None
+    order = source_order(len(eligible), args.count, args.seed)
+    check_diameters_fit(args, dataset, eligible[order[0]])  # before the models load: a nodule that cannot fit fails in seconds
     created = not out.exists()
-    if _check_or_write_manifest(out, manifest):
+    complete = _check_or_write_manifest(out, manifest)
+    parts_dir = out / ".parts"
+    if complete:
+        _finish(out)  # an earlier run killed after marking the set complete
         print(f"{out}: the synthesized set is already complete ({args.count} images); nothing to do")
         return 0
-    parts_dir = out / ".parts"
+    tf = _make_transform(args)
     for sub in ("images", "lung_masks", ".parts"):
         (out / sub).mkdir(exist_ok=True)
-    order = source_order(len(eligible), args.count, args.seed)
     width = max(6, len(str(args.count - 1)))
     names = [f"synth_{i:0{width}d}_{_safe(_source_id(dataset, eligible[k]))}" for i, k in enumerate(order)]
     todo = [i for i in range(args.count) if not (parts_dir / f"{names[i]}.json").is_file()]
@@ -367,18 +390,18 @@ def run(args: argparse.Namespace) -> int:
         for i in tqdm(todo, desc="synthesize", unit="img", disable=args.no_progress):
             try:
                 part = synthesize_one(tf, dataset, eligible[order[i]], i, names[i], args.seed, out, args.nodule_free_only)
-            except (ValueError, FileNotFoundError) as err:
+            except (ValueError, FileNotFoundError):
                 if created and not any(parts_dir.iterdir()):
                     shutil.rmtree(out)  # nothing done yet: leave no run behind that a corrected command would clash with
-                raise _fail(str(err)) from None
+                raise
             # Written last: its presence marks image i as done for a resumed run.
-            _atomic_write(parts_dir / f"{names[i]}.json", json.dumps(part, sort_keys=True).encode())
+            atomic_write(parts_dir / f"{names[i]}.json", json.dumps(part, sort_keys=True).encode())
     finally:
         torch.set_num_threads(threads)
     parts = [json.loads((parts_dir / f"{n}.json").read_text()) for n in names]
     _write_dataset_files(out, parts)
-    _atomic_write(out / "manifest.json", json.dumps({**manifest, "complete": True}, indent=1, sort_keys=True).encode())
-    shutil.rmtree(parts_dir)
+    atomic_write(out / "manifest.json", json.dumps({**manifest, "complete": True}, indent=1, sort_keys=True).encode())
+    _finish(out)
     nodules = sum(len(p["records"]) for p in parts)
     print(f"wrote {args.count} images with {nodules} inserted nodules to {out} (metadata.csv, records.jsonl, manifest.json); "
           f"train on it with: cxr-nodule-aug train detector ... synth=node21:{out}")

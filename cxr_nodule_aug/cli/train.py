@@ -12,6 +12,8 @@ import importlib
 import logging
 from pathlib import Path
 
+from cxr_nodule_aug.cli.errors import CommandError, UsageError
+
 TASKS = {
     "shape": ("cxr_nodule_aug.train.shape", "ShapeConfig"),
     "texture": ("cxr_nodule_aug.train.texture", "TextureConfig"),
@@ -38,12 +40,12 @@ def run(args: argparse.Namespace) -> int:
         bundled = Path(__file__).resolve().parent.parent / "train" / "configs" / f"{config}.yaml"
         if not bundled.exists():
             names = sorted(p.stem for p in bundled.parent.glob("*.yaml"))
-            raise SystemExit(f"--config {config!r} is neither a file nor a bundled config ({', '.join(names)})")
+            raise UsageError(f"--config {config!r} is neither a file nor a bundled config ({', '.join(names)})")
         config = bundled
     try:
         cfg = resolve_config(getattr(module, config_name), config, args.overrides)
     except ValueError as err:
-        raise SystemExit(f"cxr-nodule-aug train {args.task}: {err}") from None
+        raise UsageError(str(err)) from None
     if args.print_config:
         import dataclasses
 
@@ -54,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = module.train(cfg)
     except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"cxr-nodule-aug train {args.task}: {err}") from None
+        raise CommandError(f"{args.task}: {err}") from None
     print(f"trained {args.task}: {out}")
     return 0

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cxr_nodule_aug.io.writers import atomic_write, png_bytes, remove_temp_files
+
 FORMAT = "simcxr-export/1"
 
 
@@ -47,20 +49,9 @@ def image_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _png_bytes(arr: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+# One writer for every exported file (whole files or none; see cxr_nodule_aug.io.writers).
+_atomic_write = atomic_write
+_png_bytes = png_bytes
 
 
 def manifest_for(seed, normal, nodule, size, shards, config_overrides) -> dict[str, Any]:
@@ -226,6 +217,7 @@ def export(
     bar.close()
     done = all((out / "records" / f"{image_name(i)}.json").exists() for i in range(len(flags)))
     if done:
+        remove_temp_files(out)  # left by a killed run; every image is written, so no shard is still writing
         write_dataset_files(out, len(flags))
         _atomic_write(out / "manifest.json", json.dumps({**manifest, "complete": True}, indent=1, sort_keys=True).encode())
         manifest["complete"] = True

@@ -65,6 +65,37 @@ def read_masks(path: Path) -> list[torch.Tensor]:
     return [torch.from_numpy(arr == v) for v in values]
 
 
+MAX_LABELS = 32  # distinct nonzero values a labelled mask file may hold (SimCXR's hold 1-3)
+CHECKED_FILES = 5  # files looked at before anything else happens
+
+
+def check_mask_files(root: Path, files: list[Path], max_labels: int = MAX_LABELS) -> None:
+    """Refuse files that are not nodule masks, from the first :data:`CHECKED_FILES` of them.
+
+    A nodule mask is binary (0 and one value) or labelled (0 and at most ``max_labels``
+    values, one per nodule). A radiograph has hundreds or thousands of grey levels, each of
+    which :func:`read_masks` would take for a nodule: raise ``ValueError`` saying what was found.
+    """
+    from PIL import Image
+
+    for f in files[:CHECKED_FILES]:
+        try:
+            with Image.open(f) as im:
+                arr = np.array(im)
+        except OSError as err:
+            raise ValueError(f"data={str(root)!r}: cannot read {str(f)!r} as an image ({err}); train shape needs PNG nodule masks") from None
+        if arr.ndim == 3:
+            arr = arr[..., 0]
+        values = np.unique(arr)
+        labels = int((values != 0).sum())
+        if labels > max_labels:
+            raise ValueError(
+                f"data={str(root)!r}: image {f.name!r} has {len(values):,} distinct values ({arr.dtype}, {arr.shape[1]} x {arr.shape[0]}); "
+                f"expected binary nodule masks (0 = background) or a labelled image with <= {max_labels} labels. "
+                "Is this a folder of radiographs? train shape needs nodule masks (e.g. a SimCXR export's masks/ with pattern='*_nodules.png')"
+            )
+
+
 class MaskFolder(Dataset):
     """Normalised shape masks (1, S, S) float {0, 1} from a folder of PNG masks."""
 
@@ -75,6 +106,7 @@ class MaskFolder(Dataset):
         files = sorted(root.rglob(pattern))
         if not files:
             raise FileNotFoundError(f"data={str(root)!r} holds no files matching {pattern!r}")
+        check_mask_files(root, files)
         masks, skipped, total = [], [], 0
         for f in files:
             for m in read_masks(f):
@@ -108,6 +140,9 @@ class MaskFolder(Dataset):
 
 
 def train(cfg: ShapeConfig) -> Path:
+    root = Path(cfg.data)
+    if root.is_dir():  # refuse a folder that is not masks before the run folder is made
+        check_mask_files(root, sorted(root.rglob(cfg.pattern)))
     d, out = common.start_run(cfg)
 
     data = MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, cfg.augment, cfg.pattern)
