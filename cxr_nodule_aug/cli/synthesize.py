@@ -253,6 +253,19 @@ def _make_transform(args: argparse.Namespace):
                          weights=args.weights, device=args.device, generator=torch.Generator())
 
 
+def _check_spacing_for_mm(args: argparse.Namespace, tf, dataset, eligible: list[int]) -> None:
+    """Diameters in mm need the source's pixel spacing: say so in the command's own terms."""
+    if tf.unit != "mm":
+        return
+    _, target = dataset[eligible[0]]
+    if target.get("pixel_spacing_mm") is None:
+        source = f"the HEM sampler {args.diameters!r} holds mm diameters" if args.diameters.endswith(".json") else "--unit mm"
+        fix = ("mine this data with 'cxr-nodule-aug hem' (it writes px diameters where the spacing is unknown)"
+               if args.diameters.endswith(".json") else "give --diameters in pixels with --unit px")
+        raise ValueError(f"{source}, but the {args.dataset} images of --data {args.data!r} record no pixel spacing "
+                         f"(e.g. {target.get('image_id', eligible[0])!r}): {fix}")
+
+
 def _clean_sample(image, target, nodule_free_twin: bool):
     """Only what insertion needs: boxes, labels, lung mask, spacing (the source's own records,
     instance masks and heart masks are not carried into the synthesized set)."""
@@ -348,6 +361,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = json.loads(json.dumps({"format": FORMAT, "library_version": __version__, "arguments": _manifest_arguments(args), "count": args.count}))
         dataset, eligible = _open_sources(args)
         tf = _make_transform(args)
+        _check_spacing_for_mm(args, tf, dataset, eligible)
     except (ValueError, FileNotFoundError, TypeError) as err:
         raise _fail(str(err)) from None
     created = not out.exists()
