@@ -46,7 +46,7 @@ def test_chestxray14_real_rows():
 
 
 def test_vindr_real_rows():
-    ann = parse_vindr_csv(_xrv_csv("vinbigdata-train.csv.gz"))
+    ann = parse_vindr_csv(_xrv_csv("vinbigdata-train.csv.gz"), fuse_iou=None)  # every reader's box
     n_boxes = sum(len(v) for v in ann.values())
     assert n_boxes > 2000 and len(ann) > 10000  # negatives are listed too
     boxes = np.concatenate([v for v in ann.values() if len(v)])
@@ -131,7 +131,87 @@ def test_vindr_dataset(tmp_path):
         "def,No finding,14,R9,,,,\n")
     ds = VinDrCXRDataset(tmp_path)
     img, t = ds[0]
-    _check_sample((img, t), 2, (50, 60))
+    _check_sample((img, t), 1, (50, 60))  # two readers' boxes of one lesion (IoU 0.71): one box
+    torch.testing.assert_close(t["boxes"][0], torch.tensor([10.5, 11.5, 20.5, 24.5]))
     assert int(img.to(torch.int32).max()) == 4095 - 500 and t["pixel_spacing_mm"] == (0.15, 0.15)
     _check_sample(ds[1], 0, (50, 60))
+    assert "pixel_spacing_mm" not in ds[1][1]  # unknown spacing: no key (torch's default collate refuses None)
+    assert len(VinDrCXRDataset(tmp_path, fuse_iou=None)[0][1]["boxes"]) == 2
     assert len(VinDrCXRDataset(tmp_path, radiologists=["R9"])[0][1]["boxes"]) == 1
+
+
+def test_vindr_readers_fused_per_lesion(tmp_path):
+    from cxr_nodule_aug.datasets.vindr import fuse_reader_boxes
+
+    csv = tmp_path / "train.csv"
+    csv.write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
+                   # one lesion, three readers
+                   "a,Nodule/Mass,8,R8,100,100,140,140\na,Nodule/Mass,8,R9,104,102,144,138\na,Nodule/Mass,8,R10,98,100,136,142\n"
+                   # another lesion far away, one reader; a box of another class on the first lesion
+                   "a,Nodule/Mass,8,R9,300,300,320,320\na,Mass,9,R8,100,100,140,140\n")
+    fused = parse_vindr_csv(csv, classes=("Nodule/Mass", "Mass"))["a"]
+    np.testing.assert_allclose(fused, [[302 / 3, 302 / 3, 420 / 3, 420 / 3], [300, 300, 320, 320], [100, 100, 140, 140]], rtol=1e-6)
+    assert len(parse_vindr_csv(csv, fuse_iou=None)["a"]) == 4
+    # single linkage: A~B and B~C put A and C together even if A and C alone would not be
+    chain = np.array([[0, 0, 10, 10], [3, 0, 13, 10], [6, 0, 16, 10]], np.float32)
+    assert fuse_reader_boxes(chain, 0.5).tolist() == [[3.0, 0.0, 13.0, 10.0]]
+    assert len(fuse_reader_boxes(chain, 0.9)) == 3
+    with pytest.raises(ValueError, match="fuse_iou"):
+        fuse_reader_boxes(chain, 0.0)
+
+
+def test_vindr_real_rows_fused():
+    path = _xrv_csv("vinbigdata-train.csv.gz")
+    fused = parse_vindr_csv(path)
+    separate = parse_vindr_csv(path, fuse_iou=None)
+    n_fused, n_separate = sum(len(v) for v in fused.values()), sum(len(v) for v in separate.values())
+    with_boxes = sum(1 for v in separate.values() if len(v))
+    # measured on these rows: 2580 reader boxes on 826 images -> 1862 lesions
+    assert with_boxes <= n_fused < 0.8 * n_separate
+
+
+@pytest.mark.parametrize("name", ["../../x.png", "/etc/x.png", "..\\x.png", "C:\\x.png"])
+def test_node21_image_paths_stay_inside_the_root(tmp_path, name):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "metadata.csv").write_text(f"img_name,x,y,width,height,label\nb.png,0,0,0,0,0\n{name},1,1,2,2,1\n")
+    with pytest.raises(ValueError, match=r"metadata.csv:3: img_name"):
+        Node21Dataset(tmp_path)
+
+
+def test_symlink_out_of_the_image_folder_is_refused(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "outside.png")
+    (tmp_path / "images" / "a.png").symlink_to(tmp_path / "outside.png")
+    (tmp_path / "metadata.csv").write_text("img_name,x,y,width,height,label\na.png,0,0,0,0,0\n")
+    with pytest.raises(ValueError, match="outside the image folder"):
+        Node21Dataset(tmp_path)
+
+
+@pytest.mark.parametrize("box, why", [("nan,1,2,2", "NaN"), ("1,inf,2,2", "NaN or infinite"), ("1e9,1,2,2", "beyond"),
+                                      ("1,1,0,2", "no area"), ("1,1,2,-3", "no area")])
+def test_bad_boxes_are_refused_naming_the_row(tmp_path, box, why):
+    (tmp_path / "metadata.csv").write_text(f"img_name,x,y,width,height,label\na.png,1,1,2,2,1\na.png,{box},1\n")
+    with pytest.raises(ValueError, match=rf"metadata.csv:3: box .* {why}"):
+        parse_node21_metadata(tmp_path / "metadata.csv")
+    x, y, w, h = box.split(",")
+    (tmp_path / "bbox.csv").write_text(f"Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Nodule,{x},{y},{w},{h}\n")
+    with pytest.raises(ValueError, match=rf"bbox.csv:2: box .* {why}"):
+        parse_bbox_list(tmp_path / "bbox.csv")
+    x1, y1 = float(x) + float(w), float(y) + float(h)
+    (tmp_path / "train.csv").write_text(f"image_id,class_name,rad_id,x_min,y_min,x_max,y_max\na,Nodule/Mass,R1,{x},{y},{x1},{y1}\n")
+    with pytest.raises(ValueError, match=rf"train.csv:2: box .* {why}"):
+        parse_vindr_csv(tmp_path / "train.csv")
+
+
+def test_other_readers_refuse_names_outside_the_root(tmp_path):
+    (tmp_path / "bbox.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n../a.png,Nodule,1,1,2,2\n")
+    with pytest.raises(ValueError, match=r"bbox.csv:2: Image Index '../a.png'"):
+        parse_bbox_list(tmp_path / "bbox.csv")
+    (tmp_path / "train.csv").write_text("image_id,class_name,rad_id,x_min,y_min,x_max,y_max\n/abs/a,No finding,R1,,,,\n")
+    with pytest.raises(ValueError, match=r"train.csv:2: image_id '/abs/a'"):
+        parse_vindr_csv(tmp_path / "train.csv")
+    (tmp_path / "CLNDAT_EN.txt").write_text("../JPCLN001.IMG\t3\t15\t53\tmale\t1634\t692\tmalignant\n")
+    with pytest.raises(ValueError, match=r"CLNDAT_EN.txt:1: file name"):
+        parse_jsrt_list(tmp_path / "CLNDAT_EN.txt")

@@ -198,8 +198,8 @@ def test_train_detector_resume_and_hem_cli(tiny_export, tmp_path):
 def test_cli_errors_name_the_problem(tmp_path):
     r = _cli("train", "detector", f"data={tmp_path / 'nope'}", f"out={tmp_path / 'o'}", "steps=1")
     assert r.returncode != 0 and "does not exist" in r.stderr
-    r = _cli("train", "detector", f"data={tmp_path}", "dataset=jsrt", f"out={tmp_path / 'o'}")
-    assert r.returncode != 0 and "dataset='jsrt'" in r.stderr
+    r = _cli("train", "detector", f"data={tmp_path}", "dataset=nih", f"out={tmp_path / 'o'}")
+    assert r.returncode != 0 and "dataset='nih'" in r.stderr
 
 
 def test_detection_benchmark_quick(tmp_path):

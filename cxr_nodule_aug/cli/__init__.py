@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("cxr_nodule_aug.cli.synthesize", "write a pre-synthesized detection set (NODE21 layout, replayable records) from a dataset, for train detector synth=node21:DIR"),
     "lungs": ("cxr_nodule_aug.cli.lungs", "precompute the lung masks NoduleInpaint would compute online (NODE21, VinDr), for train detector lung_masks=DIR"),
     "eval": ("cxr_nodule_aug.cli.eval", "NODE21 detection metrics (AUC, FROC, score) from a prediction JSON"),
+    "predict": ("cxr_nodule_aug.cli.predict", "run a trained detector on a dataset and write NODE21 prediction JSON (original-image pixels) for eval"),
 }
 
 

@@ -1,12 +1,14 @@
 """``cxr-nodule-aug hem``: run a trained detector on a labelled set and mine the nodules it misses.
 
-A nodule is missed when no prediction with a score at or above the operating threshold overlaps
-it with IoU > 0.2. The threshold is ``--score-threshold``, or by default the one that gives
-``--fp-per-image`` (0.25, NODE21's operating point) on the same set. Writes to ``--out``:
+A nodule is missed when NODE21's one-to-one matching (eval's) gives it to no prediction with a
+score at or above the operating threshold (IoU > 0.2). The threshold is ``--score-threshold``,
+or by default the one that gives ``--fp-per-image`` (0.25, NODE21's operating point) on the same
+set. Sizes and positions are in the dataset's own images, whatever size the detector runs at;
+diameters in mm when the dataset has the pixel spacing, else in px. Writes to ``--out``:
 
 * ``hem_sampler.json``: a :class:`~cxr_nodule_aug.HEMSampler` over the missed nodules (diameter
-  in px and mm, centre, box size, contrast), for ``NoduleInpaint(diameters=HEMSampler.load(...))``
-  or ``cxr-nodule-aug train detector augment_diameters=.../hem_sampler.json``;
+  in px and mm, centre, box size, contrast), for ``NoduleInpaint(diameters=HEMSampler.load(...))``,
+  ``cxr-nodule-aug synthesize --diameters`` or ``train detector augment_diameters=...``;
 * ``nodules.csv``: every nodule with its attributes and whether it was detected;
 * ``missed_histogram.png``: diameters of missed vs detected nodules;
 * ``summary.json``: the threshold, counts and the detector/data used.

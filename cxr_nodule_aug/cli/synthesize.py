@@ -277,6 +277,19 @@ def _make_transform(args: argparse.Namespace):
                          weights=args.weights, device=args.device, generator=torch.Generator())
 
 
+def _check_spacing_for_mm(args: argparse.Namespace, tf, dataset, eligible: list[int]) -> None:
+    """Diameters in mm need the source's pixel spacing: say so in the command's own terms."""
+    if tf.unit != "mm":
+        return
+    _, target = dataset[eligible[0]]
+    if target.get("pixel_spacing_mm") is None:
+        source = f"the HEM sampler {args.diameters!r} holds mm diameters" if args.diameters.endswith(".json") else "--unit mm"
+        fix = ("mine this data with 'cxr-nodule-aug hem' (it writes px diameters where the spacing is unknown)"
+               if args.diameters.endswith(".json") else "give --diameters in pixels with --unit px")
+        raise ValueError(f"{source}, but the {args.dataset} images of --data {args.data!r} record no pixel spacing "
+                         f"(e.g. {target.get('image_id', eligible[0])!r}): {fix}")
+
+
 def _clean_sample(image, target, nodule_free_twin: bool):
     """Only what insertion needs: boxes, labels, lung mask, spacing (the source's own records,
     instance masks and heart masks are not carried into the synthesized set)."""
@@ -371,6 +384,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--data {args.data!r}: {err}") from None
     order = source_order(len(eligible), args.count, args.seed)
     check_diameters_fit(args, dataset, eligible[order[0]])  # before the models load: a nodule that cannot fit fails in seconds
+    tf = _make_transform(args)
+    try:
+        _check_spacing_for_mm(args, tf, dataset, eligible)  # before the manifest: a corrected rerun starts clean
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     created = not out.exists()
     complete = _check_or_write_manifest(out, manifest)
     parts_dir = out / ".parts"
@@ -378,7 +396,6 @@ def run(args: argparse.Namespace) -> int:
         _finish(out)  # an earlier run killed after marking the set complete
         print(f"{out}: the synthesized set is already complete ({args.count} images); nothing to do")
         return 0
-    tf = _make_transform(args)
     for sub in ("images", "lung_masks", ".parts"):
         (out / sub).mkdir(exist_ok=True)
     width = max(6, len(str(args.count - 1)))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from pathlib import Path
-from typing import Callable, Iterable
+import math
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +38,43 @@ def column_index(header: list[str], need: list[str], path: str | Path, layout: s
     if missing:
         raise ValueError(f"{path} lacks column(s) {missing}: missing {layout} columns (have {list(cols)})")
     return cols
+
+
+# DICOM stores Rows and Columns as 16-bit numbers: no radiograph is larger than this.
+MAX_COORDINATE = 65535.0
+
+
+def check_box(box: Sequence[float], where: str) -> list[float]:
+    """``box`` (x0, y0, x1, y1) checked: finite, positive width and height, every coordinate
+    within +-:data:`MAX_COORDINATE` px; a ``ValueError`` starting with ``where`` (file and row)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise ValueError(f"{where}: box {[x0, y0, x1, y1]} has a NaN or infinite coordinate")
+    if not all(abs(v) <= MAX_COORDINATE for v in (x0, y0, x1, y1)):
+        raise ValueError(f"{where}: box {[x0, y0, x1, y1]} lies beyond {MAX_COORDINATE:g} px, larger than any radiograph")
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"{where}: box {[x0, y0, x1, y1]} has no area (width {x1 - x0:g}, height {y1 - y0:g} px)")
+    return [x0, y0, x1, y1]
+
+
+def check_relative_name(name: str, where: str, column: str) -> str:
+    """An image name from an annotation file, checked to stay inside the dataset: not absolute,
+    no drive, no ``..`` component; a ``ValueError`` starting with ``where`` (file and row)."""
+    pure = PureWindowsPath(name)
+    if not name or pure.is_absolute() or pure.drive or pure.root or PurePosixPath(name).is_absolute():
+        raise ValueError(f"{where}: {column} {name!r} must be a file name relative to the dataset's image folder, not an absolute path")
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        raise ValueError(f"{where}: {column} {name!r} points outside the dataset's image folder ('..' is refused)")
+    return name
+
+
+def resolve_inside(folder: Path, name: str, where: str) -> Path:
+    """``folder / name``, refused when it resolves (symbolic links followed) outside ``folder``."""
+    path = folder / name
+    base = folder.resolve()
+    if not path.resolve().is_relative_to(base):
+        raise ValueError(f"{where}: {name!r} resolves to {path.resolve()}, outside the image folder {base}")
+    return path
 
 
 def make_sample(
@@ -110,6 +148,11 @@ class AnnotatedImages(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def image_name(self, idx: int) -> str:
+        """Image ``idx``'s file name as the annotation file names it (what prediction files and
+        ``cxr-nodule-aug eval`` pair images by)."""
+        return self.items[idx][1].name
 
     def read(self, path: Path):
         from cxr_nodule_aug.io import read_image

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cxr_nodule_aug.datasets._common import AnnotatedImages, check_files, read_csv
+from cxr_nodule_aug.datasets._common import AnnotatedImages, check_box, check_files, check_relative_name, read_csv, resolve_inside
 
 
 def parse_bbox_list(csv_path: str | Path, findings: Sequence[str] = ("Nodule",)) -> dict[str, np.ndarray]:
@@ -21,11 +21,12 @@ def parse_bbox_list(csv_path: str | Path, findings: Sequence[str] = ("Nodule",))
             raise ValueError(f"{csv_path}:{line}: expected 6 fields, got {row}")
         if row[1] not in findings:
             continue
+        check_relative_name(row[0], f"{csv_path}:{line}", "Image Index")
         try:
             x, y, w, h = (float(v) for v in row[2:6])
         except ValueError as err:
             raise ValueError(f"{csv_path}:{line}: bad box {row[2:6]}") from err
-        out.setdefault(row[0], []).append([x, y, x + w, y + h])
+        out.setdefault(row[0], []).append(check_box([x, y, x + w, y + h], f"{csv_path}:{line}"))
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
@@ -38,7 +39,7 @@ class ChestXray14Dataset(AnnotatedImages):
         image_dir = Path(image_dir)
         ann = parse_bbox_list(bbox_csv, findings)
         for name in negatives:
-            ann.setdefault(name, np.zeros((0, 4), np.float32))
-        paths = {k: image_dir / k for k in ann}
+            ann.setdefault(check_relative_name(name, "negatives", "image name"), np.zeros((0, 4), np.float32))
+        paths = {k: resolve_inside(image_dir, k, str(bbox_csv)) for k in ann}
         check_files(paths, bbox_csv)
         super().__init__([(Path(k).stem, paths[k], v) for k, v in sorted(ann.items())], transforms, lung_mask_dir)

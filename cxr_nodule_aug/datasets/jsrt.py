@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from cxr_nodule_aug.datasets._common import AnnotatedImages, check_files, open_text
+from cxr_nodule_aug.datasets._common import AnnotatedImages, check_box, check_files, check_relative_name, open_text, resolve_inside
 
 JSRT_PIXEL_MM = 0.175
 
@@ -47,13 +47,17 @@ def parse_jsrt_list(path: str | Path) -> list[JSRTNodule]:
                 x, y = float(parts[5]), float(parts[6])
             except (ValueError, IndexError) as err:
                 raise ValueError(f"{path}:{line_no}: bad JSRT nodule row {line.strip()!r}") from err
-            out.append(JSRTNodule(parts[0], subtlety, size, x, y, " ".join(parts[sex_idx + 3 :])))
+            check_relative_name(parts[0], f"{path}:{line_no}", "file name")
+            nodule = JSRTNodule(parts[0], subtlety, size, x, y, " ".join(parts[sex_idx + 3 :]))
+            check_box(nodule.box_xyxy(), f"{path}:{line_no}")
+            out.append(nodule)
     return out
 
 
 def parse_jsrt_non_nodule(path: str | Path) -> list[str]:
     with open_text(path) as fh:
-        return [ln.split()[0] for ln in fh if ln.strip() and ln.split()[0].upper().endswith(".IMG")]
+        names = [(n, ln.split()[0]) for n, ln in enumerate(fh, start=1) if ln.strip() and ln.split()[0].upper().endswith(".IMG")]
+    return [check_relative_name(name, f"{path}:{n}", "file name") for n, name in names]
 
 
 class JSRTDataset(AnnotatedImages):
@@ -74,7 +78,7 @@ class JSRTDataset(AnnotatedImages):
         if non_nodule_list is not None:
             for name in parse_jsrt_non_nodule(non_nodule_list):
                 boxes.setdefault(Path(name).stem, [])
-        paths = {k: root / f"{k}{image_ext}" for k in boxes}
+        paths = {k: resolve_inside(root, f"{k}{image_ext}", str(nodule_list)) for k in boxes}
         check_files(paths, nodule_list)
         self.spacing_mm = JSRT_PIXEL_MM / scale
         super().__init__([(k, paths[k], np.asarray(v, np.float32).reshape(-1, 4)) for k, v in sorted(boxes.items())],

@@ -54,12 +54,63 @@ def _vindr(root: Path, transforms: Callable | None = None, lung_mask_dir: str | 
     return VinDrCXRDataset(root, transforms=transforms, lung_mask_dir=lung_mask_dir, **options)
 
 
+def _find(root: Path, names: tuple[str, ...], what: str) -> Path | None:
+    """The first of ``names`` in ``root``, matched without regard to case."""
+    by_lower = {p.name.lower(): p for p in root.iterdir() if p.is_file()}
+    for name in names:
+        if name.lower() in by_lower:
+            return by_lower[name.lower()]
+    return None
+
+
+def _jsrt(root: Path, transforms: Callable | None = None, lung_mask_dir: str | Path | None = None, **options: Any) -> Dataset:
+    """JSRT as distributed: the nodule list and the non-nodule list next to the images, raw
+    2048 px ``.IMG`` (0.175 mm) or PNG copies of any size (spacing scaled to their width)."""
+    from PIL import Image
+
+    from cxr_nodule_aug.datasets.jsrt import JSRTDataset, parse_jsrt_list, parse_jsrt_non_nodule
+
+    nodule_list = _find(root, ("CLNDAT_EN.txt",), "nodule list")
+    if nodule_list is None:
+        raise FileNotFoundError(f"{root} holds no JSRT nodule list CLNDAT_EN.txt ({DATASET_KINDS['jsrt'].layout})")
+    non_nodule = _find(root, ("CNNDAT_EN.TXT",), "non-nodule list")
+    names = [n.image for n in parse_jsrt_list(nodule_list)] + (parse_jsrt_non_nodule(non_nodule) if non_nodule else [])
+    if not names:
+        raise ValueError(f"{nodule_list} lists no image")
+    stem = Path(names[0]).stem
+    if "image_ext" not in options:
+        if (root / f"{stem}.IMG").is_file():
+            options["image_ext"] = ".IMG"
+        elif (root / f"{stem}.png").is_file():
+            options["image_ext"] = ".png"
+        else:
+            raise FileNotFoundError(f"{root}: neither {stem}.IMG nor {stem}.png is there ({DATASET_KINDS['jsrt'].layout})")
+    if options["image_ext"].lower() != ".img" and "image_size" not in options:
+        with Image.open(root / f"{stem}{options['image_ext']}") as im:
+            options["image_size"] = im.size[0]
+    return JSRTDataset(root, nodule_list, non_nodule, transforms=transforms, lung_mask_dir=lung_mask_dir, **options)
+
+
+def _chestxray14(root: Path, transforms: Callable | None = None, lung_mask_dir: str | Path | None = None, **options: Any) -> Dataset:
+    from cxr_nodule_aug.datasets.chestxray14 import ChestXray14Dataset
+
+    csv = _find(root, ("BBox_List_2017.csv", "BBox_List_2017.csv.gz"), "box list")
+    if csv is None:
+        raise FileNotFoundError(f"{root} holds no BBox_List_2017.csv ({DATASET_KINDS['chestxray14'].layout})")
+    return ChestXray14Dataset(root / "images", csv, transforms=transforms, lung_mask_dir=lung_mask_dir, **options)
+
+
 DATASET_KINDS: dict[str, DatasetKind] = {
     kind.name: kind
     for kind in (
         DatasetKind("simcxr", "a 'cxr-nodule-aug sim' export (manifest.json, images/, masks/, records/)", False, _simcxr),
         DatasetKind("node21", "NODE21: metadata.csv (img_name,x,y,width,height,label) and images/", True, _node21),
-        DatasetKind("vindr", "VinDr-CXR: train.csv (image_id,class_name,rad_id,x_min,...) and train/<image_id>.dicom", True, _vindr),
+        DatasetKind("vindr", "VinDr-CXR: train.csv (image_id,class_name,rad_id,x_min,...) and train/<image_id>.dicom; "
+                    "the readers' boxes of one lesion fused into one", True, _vindr),
+        DatasetKind("jsrt", "JSRT: CLNDAT_EN.txt (and CNNDAT_EN.TXT) next to the images, 2048 px .IMG (0.175 mm) or "
+                    "PNG copies (spacing 0.175 mm x 2048 / width)", True, _jsrt),
+        DatasetKind("chestxray14", "ChestX-ray14: BBox_List_2017.csv and images/<Image Index>.png, the images with a "
+                    "Nodule box; the 1024 px PNGs carry no pixel spacing (sizes in px)", True, _chestxray14),
     )
 }
 
@@ -78,7 +129,7 @@ def open_dataset(kind: str, root: str | Path, transforms: Callable | None = None
     """The dataset of kind ``kind`` (a key of :data:`DATASET_KINDS`) rooted at ``root``.
 
     Args:
-        kind: ``simcxr``, ``node21``, ``vindr``, ... (see :data:`DATASET_KINDS`).
+        kind: ``simcxr``, ``node21``, ``vindr``, ``jsrt``, ``chestxray14`` (see :data:`DATASET_KINDS`).
         root: the dataset's root directory.
         transforms: ``transforms(image, target)`` applied to every sample.
         lung_mask_dir: a folder of lung masks (``cxr-nodule-aug lungs``) for kinds that take one.

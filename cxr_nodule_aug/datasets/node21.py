@@ -7,11 +7,15 @@ from typing import Callable
 
 import numpy as np
 
-from cxr_nodule_aug.datasets._common import AnnotatedImages, check_files, column_index, read_csv
+from cxr_nodule_aug.datasets._common import AnnotatedImages, check_box, check_files, check_relative_name, column_index, read_csv, resolve_inside
 
 
 def parse_node21_metadata(csv_path: str | Path) -> dict[str, np.ndarray]:
-    """img_name -> (N, 4) float32 XYXY boxes (label 1 rows; label 0 rows give no box)."""
+    """img_name -> (N, 4) float32 XYXY boxes (label 1 rows; label 0 rows give no box).
+
+    Refused, naming the row: an ``img_name`` that is absolute or climbs out with ``..``; a box
+    (label 1) with a NaN, infinite or huge coordinate or without area.
+    """
     header, rows = read_csv(csv_path)
     cols = column_index(header, ["img_name", "x", "y", "width", "height", "label"], csv_path, "NODE21")
     out: dict[str, list] = {}
@@ -24,11 +28,12 @@ def parse_node21_metadata(csv_path: str | Path) -> dict[str, np.ndarray]:
             raise ValueError(f"{csv_path}:{line}: bad NODE21 row {row}: {err}") from err
         if not name:
             raise ValueError(f"{csv_path}:{line}: empty img_name")
-        if w < 0 or h < 0:
-            raise ValueError(f"{csv_path}:{line}: negative width/height in {row}")
+        check_relative_name(name, f"{csv_path}:{line}", "img_name")
+        if label not in (0, 1):
+            raise ValueError(f"{csv_path}:{line}: label must be 0 (no nodule) or 1, got {row[cols['label']]!r}")
         boxes = out.setdefault(name, [])
         if label == 1:
-            boxes.append([x, y, x + w, y + h])
+            boxes.append(check_box([x, y, x + w, y + h], f"{csv_path}:{line}"))
     return {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in out.items()}
 
 
@@ -39,6 +44,11 @@ class Node21Dataset(AnnotatedImages):
                  image_dir: str = "images", lung_mask_dir: str | Path | None = None):
         root = Path(root)
         ann = parse_node21_metadata(root / csv_name)
-        paths = {k: root / image_dir / k for k in ann}
+        paths = {k: resolve_inside(root / image_dir, k, str(root / csv_name)) for k in ann}
         check_files(paths, root / csv_name)
-        super().__init__([(Path(k).stem, paths[k], v) for k, v in sorted(ann.items())], transforms, lung_mask_dir)
+        self.names = sorted(ann)
+        super().__init__([(Path(k).stem, paths[k], ann[k]) for k in self.names], transforms, lung_mask_dir)
+
+    def image_name(self, idx: int) -> str:
+        """Image ``idx``'s ``img_name`` in ``metadata.csv``."""
+        return self.names[idx]

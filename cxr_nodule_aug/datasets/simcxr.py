@@ -66,6 +66,10 @@ class SimCXRDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def image_name(self, idx: int) -> str:
+        """Image ``idx``'s file name, as the export's ``metadata.csv`` names it."""
+        return self.records[idx]["img_name"]
+
     def _png(self, path: Path) -> np.ndarray:
         from PIL import Image
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,6 +11,8 @@ from torchvision.transforms import v2
 
 from cxr_nodule_aug.functional.intensity import check_image, to_working
 
+ORIGINAL_SIZE_KEY = "original_size"
+
 
 class ToDetectorInput(torch.nn.Module):
     """``(image, target)`` -> ``(Image (1, S, S) float32 in [0, 1], target)`` for a detector.
@@ -18,7 +20,10 @@ class ToDetectorInput(torch.nn.Module):
     The grey level is mapped by the image's own window (the 0.1 / 99.9 percentiles, as for
     insertion) so that 8-bit, 12-bit and float radiographs all reach the detector alike, then
     resized to ``size`` x ``size`` with its boxes and masks (``v2.Resize``). The target's
-    ``pixel_spacing_mm`` is rescaled to the resized image. The input sample is not modified.
+    ``pixel_spacing_mm`` is rescaled to the resized image, and ``original_size`` records the
+    ``(H, W)`` it was resized from, so that boxes found at the detector's size can be taken back
+    to the dataset's own images (:func:`to_original_frame`, :func:`predictions_in_original_frame`;
+    HEM mining measures there). The input sample is not modified.
     """
 
     def __init__(self, size: int, spacing_key: str = "pixel_spacing_mm") -> None:
@@ -39,6 +44,7 @@ class ToDetectorInput(torch.nn.Module):
         target = dict(target)
         spacing = target.get(self.spacing_key)
         out, target = self.resize(out, target)
+        target.setdefault(ORIGINAL_SIZE_KEY, (int(h), int(w)))
         if spacing is not None:
             sy, sx = (float(spacing), float(spacing)) if isinstance(spacing, (int, float)) else (float(spacing[0]), float(spacing[1]))
             target[self.spacing_key] = (sy * h / self.size, sx * w / self.size)
@@ -46,6 +52,35 @@ class ToDetectorInput(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
+
+
+def to_original_frame(target: Mapping[str, Any], name: str = "target") -> tuple[float, float]:
+    """``(fx, fy)``: the factors that take x and y from the frame of ``target["boxes"]`` to the
+    original image's: ``(1, 1)`` unless the target records ``original_size`` (``(H, W)``, written
+    by :class:`ToDetectorInput`). The current frame is the ``canvas_size`` of the target's
+    ``BoundingBoxes``."""
+    original = target.get(ORIGINAL_SIZE_KEY)
+    if original is None:
+        return 1.0, 1.0
+    boxes = target.get("boxes")
+    if not isinstance(boxes, tv_tensors.BoundingBoxes):
+        raise ValueError(f"{name} has {ORIGINAL_SIZE_KEY!r} but its boxes are not tv_tensors.BoundingBoxes: "
+                         "the frame they are in (canvas_size) is unknown")
+    (h0, w0), (h, w) = (int(v) for v in original), boxes.canvas_size
+    return w0 / w, h0 / h
+
+
+def predictions_in_original_frame(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Detector outputs with their ``boxes`` (XYXY) mapped to each target's original image
+    (:func:`to_original_frame`); other keys are kept. The inputs are not modified."""
+    if len(predictions) != len(targets):
+        raise ValueError(f"predictions and targets must have one entry per image, got {len(predictions)} and {len(targets)}")
+    out = []
+    for i, (pred, target) in enumerate(zip(predictions, targets)):
+        fx, fy = to_original_frame(target, f"targets[{i}]")
+        boxes = torch.as_tensor(pred["boxes"]).as_subclass(torch.Tensor).float().reshape(-1, 4)
+        out.append({**pred, "boxes": boxes * boxes.new_tensor([fx, fy, fx, fy])})
+    return out
 
 
 def detection_collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

@@ -1,5 +1,18 @@
 """Hard-example mining with a trained detector: the operating threshold, each nodule's outcome
-and attributes (size, location, contrast), and the sampler of the missed ones."""
+and attributes (size, location, contrast), and the sampler of the missed ones.
+
+One definition of "detected", eval's: a ground-truth nodule is detected at a score threshold
+when :func:`cxr_nodule_aug.eval.match_image` (NODE21's one-to-one greedy matching, IoU strictly
+above ``iou_threshold``) gives it to a prediction scoring at or above the threshold. Because the
+matching visits predictions from the highest score down, this is exactly the set of nodules the
+FROC counts as hit at that threshold, which :func:`operating_threshold` chooses from.
+
+Sizes are measured in the **original image's frame**: a detector runs on resized images
+(:class:`~cxr_nodule_aug.detection.ToDetectorInput` records the size it resized from under
+``target["original_size"]``), but the mined diameters are what an insertion into the dataset's
+own images must draw, so boxes are mapped back before they are measured, and the spacing with
+them.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +23,143 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
 
-from cxr_nodule_aug.samplers.hem import HEMSampler, _xyxy
+from cxr_nodule_aug.detection.data import to_original_frame
+from cxr_nodule_aug.samplers.hem import HEMSampler
+
+OUTCOME_COLUMNS = ("image_index", "center_x_px", "center_y_px", "width_px", "height_px", "diameter_px", "diameter_mm", "detected")
+
+
+def as_xyxy(boxes: Any, name: str) -> torch.Tensor:
+    """``boxes`` (``BoundingBoxes`` in any format, or an (N, 4) XYXY tensor / list) as a plain
+    (N, 4) float32 XYXY tensor; a ``ValueError`` naming ``name`` for another shape or for
+    non-finite coordinates."""
+    if isinstance(boxes, tv_tensors.BoundingBoxes):
+        boxes = TF.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    if boxes.numel() == 0:
+        return boxes.reshape(0, 4).as_subclass(torch.Tensor)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name} must be (N, 4) XYXY boxes, got shape {tuple(boxes.shape)}")
+    if not torch.isfinite(boxes).all():
+        raise ValueError(f"{name} contains NaN or infinite coordinates")
+    return boxes.as_subclass(torch.Tensor)
+
+
+def _spacing_pair(value: Any, name: str) -> tuple[float, float]:
+    if isinstance(value, (int, float)):
+        pair = (float(value), float(value))
+    else:
+        values = [float(v) for v in torch.as_tensor(value, dtype=torch.float64).flatten().tolist()]
+        if len(values) != 2:
+            raise ValueError(f"{name} must be one number or (row_mm, col_mm), got {value!r}")
+        pair = (values[0], values[1])
+    if not all(math.isfinite(v) and v > 0 for v in pair):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return pair
+
+
+def nodule_outcomes(
+    predictions: Sequence[Mapping[str, Any]],
+    targets: Sequence[Mapping[str, Any]],
+    iou_threshold: float = 0.2,
+    score_threshold: float = 0.5,
+    pixel_spacing_mm: float | Sequence[float | None] | None = None,
+    spacing_key: str = "pixel_spacing_mm",
+) -> dict[str, torch.Tensor]:
+    """One row per ground-truth nodule, detected or not, measured in the original image frame.
+
+    A nodule is detected when eval's one-to-one matcher (:func:`cxr_nodule_aug.eval.match_image`)
+    gives it to a prediction with ``score >= score_threshold`` at IoU > ``iou_threshold``.
+
+    Args:
+        predictions: torchvision detector outputs (``boxes`` XYXY, ``scores``), in the frame of
+            the matching target's boxes.
+        targets: ``boxes`` (``BoundingBoxes`` in any format, or XYXY tensors; all count as
+            nodules); optionally ``original_size`` (see :func:`to_original_frame`) and the pixel
+            spacing under ``spacing_key`` (``(row_mm, col_mm)`` or one number, in the target's
+            frame, as :class:`~cxr_nodule_aug.detection.ToDetectorInput` rescales it).
+        pixel_spacing_mm: the spacing of the original images for targets that carry none: one
+            number or one per image. A target's own spacing is used otherwise; both given and
+            different is an error.
+
+    Returns:
+        float64 columns ``image_index``, ``center_x_px``, ``center_y_px``, ``width_px``,
+        ``height_px``, ``diameter_px`` (mean of box width and height), ``diameter_mm`` (mean of
+        width x column spacing and height x row spacing) when every image with a nodule has a
+        spacing, and ``detected`` (0/1). Pixels are the original image's.
+    """
+    from cxr_nodule_aug.eval.detection import match_image
+
+    if len(predictions) != len(targets):
+        raise ValueError(f"predictions and targets must have one entry per image, got {len(predictions)} and {len(targets)}")
+    if not 0 <= iou_threshold < 1:
+        raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
+    n_images = len(targets)
+    if pixel_spacing_mm is None or isinstance(pixel_spacing_mm, (int, float)):
+        given = [pixel_spacing_mm] * n_images
+    else:
+        given = list(pixel_spacing_mm)
+        if len(given) != n_images:
+            raise ValueError(f"pixel_spacing_mm must be one number or one per image ({n_images}), got {len(given)}")
+    rows: list[list[float]] = []
+    for i, (pred, tgt) in enumerate(zip(predictions, targets)):
+        gt = as_xyxy(tgt["boxes"], f"targets[{i}]['boxes']")
+        if len(gt) == 0:
+            continue
+        boxes = as_xyxy(pred.get("boxes", torch.zeros(0, 4)), f"predictions[{i}]['boxes']")
+        scores = torch.as_tensor(pred.get("scores", torch.zeros(len(boxes))), dtype=torch.float32).flatten()
+        if len(scores) != len(boxes):
+            raise ValueError(f"predictions[{i}] has {len(boxes)} boxes but {len(scores)} scores")
+        keep = scores >= score_threshold
+        _, matched = match_image(boxes[keep], scores[keep], gt, iou_threshold)
+        detected = torch.zeros(len(gt), dtype=torch.bool)
+        detected[matched[matched >= 0]] = True
+        fx, fy = to_original_frame(tgt, f"targets[{i}]")
+        own = tgt.get(spacing_key)
+        spacing = None
+        if own is not None:
+            row_mm, col_mm = _spacing_pair(own, f"targets[{i}][{spacing_key!r}]")
+            spacing = (row_mm / fy, col_mm / fx)  # per pixel of the original image
+        if given[i] is not None:
+            other = _spacing_pair(given[i], "pixel_spacing_mm")
+            if spacing is not None and not np.allclose(spacing, other, rtol=1e-4):
+                raise ValueError(f"pixel_spacing_mm={given[i]!r} disagrees with targets[{i}][{spacing_key!r}] "
+                                 f"({spacing[0]:.5g}, {spacing[1]:.5g} mm in the original frame); leave pixel_spacing_mm out")
+            spacing = other
+        for box, hit in zip(gt.tolist(), detected.tolist()):
+            x0, y0, x1, y1 = box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy
+            w, h = x1 - x0, y1 - y0
+            d_mm = (w * spacing[1] + h * spacing[0]) / 2 if spacing is not None else math.nan
+            rows.append([i, x0 + w / 2, y0 + h / 2, w, h, (w + h) / 2, d_mm, float(hit)])
+    table = torch.tensor(rows, dtype=torch.float64).reshape(-1, len(OUTCOME_COLUMNS))
+    out = {k: table[:, j] for j, k in enumerate(OUTCOME_COLUMNS)}
+    if len(out["diameter_mm"]) == 0 or torch.isnan(out["diameter_mm"]).any():
+        out.pop("diameter_mm")
+    return out
+
+
+def find_missed(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]], iou_threshold: float = 0.2,
+                score_threshold: float = 0.5, pixel_spacing_mm: float | Sequence[float | None] | None = None) -> dict[str, torch.Tensor]:
+    """The rows of :func:`nodule_outcomes` for the nodules that were not detected (without the
+    ``detected`` column)."""
+    table = nodule_outcomes(predictions, targets, iou_threshold, score_threshold, pixel_spacing_mm)
+    missed = table.pop("detected") == 0
+    return {k: v[missed] for k, v in table.items()}
 
 
 def operating_threshold(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]], fp_per_image: float = 0.25, iou_threshold: float = 0.2) -> float:
     """The lowest score threshold whose false positives per image stay <= ``fp_per_image``
-    (NODE21 matching; the operating point of the sensitivity in the NODE21 score)."""
+    (NODE21 matching; the operating point of the sensitivity in the NODE21 score). The nodules
+    :func:`nodule_outcomes` calls detected at this threshold are the ones its FROC point counts."""
     from cxr_nodule_aug.eval.detection import froc_curve_all_thresholds, match_detections
 
     if not fp_per_image > 0:
         raise ValueError(f"fp_per_image must be > 0, got {fp_per_image}")
-    _, matches = match_detections(list(predictions), list(targets), iou_threshold=iou_threshold)
+    targets = [{"boxes": as_xyxy(t["boxes"], f"targets[{i}]['boxes']")} for i, t in enumerate(targets)]
+    _, matches = match_detections(list(predictions), targets, iou_threshold=iou_threshold)
     num_targets = sum(m.num_targets for m in matches)
     if num_targets == 0:
         raise ValueError("targets: choosing an operating threshold needs at least one ground-truth nodule")
@@ -44,7 +182,7 @@ def local_contrast(image: torch.Tensor, boxes: Any, ring: float = 0.5) -> torch.
         img = img.mean(0)
     if img.ndim != 2:
         raise ValueError(f"image must be (H, W) or (C, H, W), got shape {tuple(torch.as_tensor(image).shape)}")
-    b = _xyxy(boxes, "boxes")
+    b = as_xyxy(boxes, "boxes")
     h, w = img.shape
     out = torch.full((len(b),), math.nan)
     for k, (x0, y0, x1, y1) in enumerate(b.tolist()):
@@ -69,14 +207,11 @@ def mine_nodules(
     iou_threshold: float = 0.2,
     spacing_key: str = "pixel_spacing_mm",
 ) -> dict[str, torch.Tensor]:
-    """:meth:`HEMSampler.nodule_outcomes` for detector-ready ``samples`` (image, target), plus
-    ``contrast`` (:func:`local_contrast` on the image) and ``diameter_mm`` from each target's
-    ``pixel_spacing_mm`` (the mean of row and column spacing) when every target has one."""
+    """:func:`nodule_outcomes` for detector-ready ``samples`` (image, target), sizes in the
+    original image frame (mm when every target has a spacing), plus ``contrast``
+    (:func:`local_contrast` on the detector's input image)."""
     targets = [t for _, t in samples]
-    spacings = [t.get(spacing_key) for t in targets]
-    known = all(s is not None for s in spacings)
-    iso = [float(np.mean(s)) if not isinstance(s, (int, float)) else float(s) for s in spacings] if known else None
-    table = HEMSampler.nodule_outcomes(predictions, targets, iou_threshold, score_threshold, iso)
+    table = nodule_outcomes(predictions, targets, iou_threshold, score_threshold, spacing_key=spacing_key)
     contrast = torch.full((len(table["image_index"]),), math.nan, dtype=torch.float64)
     for i, (image, target) in enumerate(samples):
         rows = (table["image_index"] == i).nonzero().flatten()

@@ -122,6 +122,30 @@ def _select_label(item: Mapping, boxes: torch.Tensor, name: str, nodule_label: i
     return labels == nodule_label
 
 
+def _stem(name: Any) -> str:
+    return str(name).replace("\\", "/").rsplit("/", 1)[-1].split(".")[0]
+
+
+def _name_mismatch(missing: list, extra: list) -> str:
+    """What is wrong when predictions and targets key different images, and what to do."""
+    extra_by_stem = {_stem(k): k for k in extra}
+    renamed = [(m, extra_by_stem[_stem(m)]) for m in missing if _stem(m) in extra_by_stem]
+    if renamed:
+        m, e = renamed[0]
+        return (f"predictions and targets name {len(renamed)} image(s) differently, e.g. {e!r} in the predictions "
+                f"and {m!r} in the ground truth: the same image under another file name. The predictions' image "
+                "names must be the ground truth's exactly (NODE21: metadata.csv's img_name, as 'cxr-nodule-aug predict' "
+                "writes them)")
+    if missing and not extra:
+        return (f"predictions has no entry for image(s) {missing[:5]!r} present in targets "
+                "(give an empty prediction for an image without boxes)")
+    if extra and not missing:
+        return f"predictions has image(s) {extra[:5]!r} that are not in targets"
+    return (f"predictions and targets name different images: the ground truth has {missing[:3]!r} "
+            f"({len(missing)} without a prediction), the predictions {extra[:3]!r} ({len(extra)} not in the ground truth); "
+            "the predictions' image names must be the ground truth's, in slice order")
+
+
 def _pair_inputs(predictions: Any, targets: Any) -> tuple[list[str], list[Mapping], list[Mapping]]:
     """Aligns predictions with targets: two sequences of equal length, or two mappings keyed by image."""
     if isinstance(targets, Mapping) != isinstance(predictions, Mapping):
@@ -129,12 +153,9 @@ def _pair_inputs(predictions: Any, targets: Any) -> tuple[list[str], list[Mappin
                          "or both be mappings keyed by image id")
     if isinstance(targets, Mapping):
         missing = [k for k in targets if k not in predictions]
-        if missing:
-            raise ValueError(f"predictions has no entry for image(s) {missing[:5]!r} present in targets "
-                             "(give an empty prediction for an image without boxes)")
         extra = [k for k in predictions if k not in targets]
-        if extra:
-            raise ValueError(f"predictions has image(s) {extra[:5]!r} that are not in targets")
+        if missing or extra:
+            raise ValueError(_name_mismatch(missing, extra))
         keys = list(targets)
         return [str(k) for k in keys], [predictions[k] for k in keys], [targets[k] for k in keys]
     if isinstance(predictions, (str, bytes)) or not isinstance(predictions, Sequence):

@@ -11,9 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision import tv_tensors
-from torchvision.ops import box_iou
-from torchvision.transforms.v2 import functional as TF
 
 STATE_VERSION = 1
 
@@ -23,17 +20,6 @@ def _unit_of(attribute: str) -> str | None:
         if attribute.endswith("_" + suffix):
             return suffix
     return None
-
-
-def _xyxy(boxes: Any, name: str) -> torch.Tensor:
-    if isinstance(boxes, tv_tensors.BoundingBoxes):
-        boxes = TF.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
-    if boxes.numel() == 0:
-        return boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{name} must be (N, 4) XYXY boxes, got shape {tuple(boxes.shape)}")
-    return boxes.as_subclass(torch.Tensor)
 
 
 class HEMSampler:
@@ -128,49 +114,12 @@ class HEMSampler:
         score_threshold: float = 0.5,
         pixel_spacing_mm: float | Sequence[float | None] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One row per ground-truth nodule, detected or not.
+        """One row per ground-truth nodule, detected or not:
+        :func:`cxr_nodule_aug.detection.mining.nodule_outcomes` (eval's one-to-one matching; sizes
+        in the original image frame; each target's own ``pixel_spacing_mm``)."""
+        from cxr_nodule_aug.detection.mining import nodule_outcomes
 
-        A nodule is detected when a prediction with ``score >= score_threshold`` overlaps it with
-        IoU > ``iou_threshold`` (strict). ``predictions``: torchvision detector outputs
-        (``boxes`` XYXY, ``scores``); ``targets``: ``boxes`` (``BoundingBoxes`` in any format, or
-        XYXY tensors; all boxes count as nodules). Returns float64 columns ``image_index``,
-        ``center_x_px``, ``center_y_px``, ``width_px``, ``height_px``, ``diameter_px`` (mean of
-        box width and height), ``diameter_mm`` when the spacing is known, and ``detected`` (0/1).
-        ``pixel_spacing_mm``: one number or one per image (isotropic spacing, mm/px).
-        """
-        if len(predictions) != len(targets):
-            raise ValueError(f"predictions and targets must have one entry per image, got {len(predictions)} and {len(targets)}")
-        if not 0 <= iou_threshold < 1:
-            raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
-        n_images = len(targets)
-        if pixel_spacing_mm is None or isinstance(pixel_spacing_mm, (int, float)):
-            spacings = [pixel_spacing_mm] * n_images
-        else:
-            spacings = list(pixel_spacing_mm)
-            if len(spacings) != n_images:
-                raise ValueError(f"pixel_spacing_mm must be one number or one per image ({n_images}), got {len(spacings)}")
-        rows: list[list[float]] = []
-        for i, (pred, tgt) in enumerate(zip(predictions, targets)):
-            gt = _xyxy(tgt["boxes"], f"targets[{i}]['boxes']")
-            if len(gt) == 0:
-                continue
-            boxes = _xyxy(pred.get("boxes", torch.zeros(0, 4)), f"predictions[{i}]['boxes']")
-            scores = torch.as_tensor(pred.get("scores", torch.zeros(len(boxes))), dtype=torch.float32).flatten()
-            if len(scores) != len(boxes):
-                raise ValueError(f"predictions[{i}] has {len(boxes)} boxes but {len(scores)} scores")
-            kept = boxes[scores >= score_threshold]
-            detected = (box_iou(gt, kept) > iou_threshold).any(1) if len(kept) else torch.zeros(len(gt), dtype=torch.bool)
-            sp = spacings[i]
-            for box, hit in zip(gt, detected):
-                w, h = float(box[2] - box[0]), float(box[3] - box[1])
-                d = (w + h) / 2
-                rows.append([i, float(box[0]) + w / 2, float(box[1]) + h / 2, w, h, d, d * float(sp) if sp is not None else math.nan, float(hit)])
-        names = ["image_index", "center_x_px", "center_y_px", "width_px", "height_px", "diameter_px", "diameter_mm", "detected"]
-        table = torch.tensor(rows, dtype=torch.float64).reshape(-1, len(names))
-        out = {k: table[:, j] for j, k in enumerate(names)}
-        if pixel_spacing_mm is None or (len(out["diameter_mm"]) and torch.isnan(out["diameter_mm"]).any()):
-            out.pop("diameter_mm")
-        return out
+        return nodule_outcomes(predictions, targets, iou_threshold, score_threshold, pixel_spacing_mm)
 
     @staticmethod
     def find_missed(
@@ -182,9 +131,9 @@ class HEMSampler:
     ) -> dict[str, torch.Tensor]:
         """The rows of :meth:`nodule_outcomes` for the nodules that were not detected (without
         the ``detected`` column)."""
-        table = HEMSampler.nodule_outcomes(predictions, targets, iou_threshold, score_threshold, pixel_spacing_mm)
-        missed = table.pop("detected") == 0
-        return {k: v[missed] for k, v in table.items()}
+        from cxr_nodule_aug.detection.mining import find_missed
+
+        return find_missed(predictions, targets, iou_threshold, score_threshold, pixel_spacing_mm)
 
     @classmethod
     def from_detections(
@@ -197,7 +146,15 @@ class HEMSampler:
         bandwidth: float = 0.0,
         attribute: str | None = None,
     ) -> HEMSampler:
-        """Mine the missed nodules with :meth:`find_missed` and sample from them."""
+        """A sampler over the nodules a detector missed (:meth:`find_missed`).
+
+        ``predictions`` and ``targets`` as :func:`cxr_nodule_aug.detection.predict_dataset`
+        returns them: the targets of :class:`~cxr_nodule_aug.detection.ToDetectorInput` carry the
+        original image size and the rescaled spacing, so the diameters come out in the dataset's
+        own images (mm when every target has ``pixel_spacing_mm``, else px), whatever size the
+        detector ran at. ``pixel_spacing_mm``: the original images' spacing, only for targets that
+        carry none.
+        """
         missed = cls.find_missed(predictions, targets, iou_threshold, score_threshold, pixel_spacing_mm)
         if len(missed["diameter_px"]) == 0:
             raise ValueError(
