@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import random
 import time
@@ -18,6 +21,7 @@ import yaml
 from torch import nn
 
 C = TypeVar("C")
+log = logging.getLogger(__name__)
 
 
 # --- configs -----------------------------------------------------------------------------------
@@ -159,32 +163,146 @@ def seed_everything(seed: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
-def infinite(loader: Any, sampler: Any = None, start_epoch: int = 0) -> Iterator[Any]:
-    epoch = start_epoch
-    while True:
-        if sampler is not None and hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+# --- random state ------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Python's, NumPy's and torch's (CPU and CUDA) global random states, as plain containers and
+    tensors (a checkpoint holding them loads with ``weights_only=True``)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (all of it: python, numpy, torch, CUDA)."""
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, Mapping):
+        keys = numpy_state["keys"].cpu().numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, int(numpy_state["pos"]), int(numpy_state["has_gauss"]), float(numpy_state["cached_gaussian"])))
+    else:  # checkpoints before exact resume saved the key array only: the position is lost
+        log.warning("this checkpoint holds an incomplete NumPy random state (older format): NumPy draws after the resume differ from an uninterrupted run")
+    random.setstate(ast.literal_eval(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = list(state["cuda"])
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            log.warning("the checkpoint holds %d CUDA random states, this machine has %d devices: CUDA draws are not restored", len(cuda), torch.cuda.device_count())
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run a block without changing any global random state (python, numpy, torch, CUDA)."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+class Batches:
+    """Endless batches from ``loader``, epoch after epoch, whose position saves and restores
+    exactly: :meth:`state_dict` goes into the checkpoint (``save_checkpoint(..., data=batches)``)
+    and ``Batches(loader, sampler, state=checkpoint["data"])`` continues with the batch an
+    uninterrupted run would have drawn next.
+
+    The position is the epoch, the batches drawn in it, and the loader's ``generator`` state at
+    the epoch's start (which fixes its shuffle and its workers' seeds). Resuming restores that
+    state, starts the epoch and draws the batches already used (without training on them)
+    inside :func:`rng_preserved`, so the global random states restored from the checkpoint
+    stay as they were. Exact when the loader has a ``generator`` and, with workers, when they
+    are not persistent (persistent workers keep one seed across epochs: after a resume in a
+    later epoch the worker-side draws, and the shuffle, are those of a restarted epoch).
+    ``sampler``: a ``DistributedSampler``, given its epoch before each one.
+    """
+
+    def __init__(self, loader: Any, sampler: Any = None, *, state: Mapping[str, Any] | None = None, step: int = 0) -> None:
+        self.loader, self.sampler = loader, sampler
+        self.epoch, self.batch = 0, 0
+        self._epoch_generator: torch.Tensor | None = None
+        self._it: Iterator[Any] | None = None
+        if state is not None:
+            self.epoch = int(state["epoch"])
+            skip = int(state["batch"])
+            generator = getattr(loader, "generator", None)
+            if state.get("generator") is not None and generator is not None:
+                generator.set_state(state["generator"].cpu())
+            with rng_preserved():
+                self._start()
+                for _ in range(skip):
+                    next(self._it)  # type: ignore[arg-type]
+            self.batch = skip
+        elif step:
+            # A checkpoint without the data position (older format): the epoch it was in.
+            self.epoch = step // max(len(loader), 1)
+            log.warning("the checkpoint holds no data-loader position (older format): resuming at the start of epoch %d, not at the exact batch", self.epoch)
+
+    def _start(self) -> None:
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
+        generator = getattr(self.loader, "generator", None)
+        self._epoch_generator = generator.get_state() if generator is not None else None
+        self._it = iter(self.loader)
+        self.batch = 0
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            self._start()
+        try:
+            item = next(self._it)  # type: ignore[arg-type]
+        except StopIteration:
+            if self.batch == 0:
+                raise RuntimeError("the DataLoader yields no batch (an empty dataset, or drop_last with fewer samples than batch_size)") from None
+            self.epoch += 1
+            self._start()
+            item = next(self._it)  # type: ignore[arg-type]
+        self.batch += 1
+        return item
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "generator": self._epoch_generator}
 
 
 # --- checkpoints -------------------------------------------------------------------------------
-def save_checkpoint(path: Path, *, step: int, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer], schedulers: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> None:
-    """Atomic write of plain tensors and containers only: loadable with ``weights_only=True``."""
+def save_checkpoint(path: Path, *, step: int, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer], schedulers: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None, data: Batches | None = None) -> None:
+    """Atomic write of plain tensors and containers only: loadable with ``weights_only=True``.
+
+    Holds every global random state (python, numpy, torch, CUDA) and, with ``data``, the
+    position of the training batches, so that a resume continues exactly (see
+    :func:`load_checkpoint` and :class:`Batches`).
+    """
     state = {
         "step": step,
         "modules": {k: unwrap(m).state_dict() for k, m in modules.items()},
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
         "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
-        "rng": {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)), "python": repr(random.getstate())},
+        "rng": rng_state(),
         "extra": dict(extra or {}),
     }
+    if data is not None:
+        state["data"] = data.state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, *, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer], schedulers: Mapping[str, Any] | None = None, map_location: Any = "cpu") -> dict[str, Any]:
+    """Restore modules, optimisers, schedulers and every global random state; returns the
+    checkpoint (``state.get("data")`` is the batch position for :class:`Batches`).
+
+    A single-process run resumes bit for bit on CPU. Under torchrun only rank 0's states are
+    saved, so ranks > 0 keep their freshly seeded streams: the resumed run is valid but not
+    identical to an uninterrupted one.
+    """
     state = torch.load(path, map_location=map_location, weights_only=True)
     for k, m in modules.items():
         unwrap(m).load_state_dict(state["modules"][k], strict=True)
@@ -192,7 +310,15 @@ def load_checkpoint(path: Path, *, modules: Mapping[str, nn.Module], optimizers:
         o.load_state_dict(state["optimizers"][k])
     for k, s in (schedulers or {}).items():
         s.load_state_dict(state["schedulers"][k])
-    torch.set_rng_state(state["rng"]["torch"])
+    if dist.is_initialized() and dist.get_rank() > 0:
+        # Only rank 0's random states are saved: the other ranks keep their own seeded streams
+        # (restoring rank 0's on every rank would make them draw the same noise).
+        return state
+    rng = dict(state["rng"])
+    rng["torch"] = rng["torch"].cpu()  # map_location may have moved it; the CPU generator wants a CPU tensor
+    if "cuda" in rng:
+        rng["cuda"] = [t.cpu() for t in rng["cuda"]]
+    set_rng_state(rng)
     return state
 
 

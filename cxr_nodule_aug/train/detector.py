@@ -260,13 +260,13 @@ def train(cfg: DetectorConfig, train_set: Dataset | None = None, val_set: Datase
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ckpt = out / "checkpoint.pt"
-    step = 0
+    step, state = 0, {}
     if ckpt.exists():
         state = common.load_checkpoint(ckpt, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched}, map_location=d.device)
         step = int(state["step"])
     metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
     metrics.truncate_after(step)
-    batches = common.infinite(loader, sampler, start_epoch=step // max(len(loader), 1))
+    batches = common.Batches(loader, sampler, state=state.get("data"), step=step)  # resumes at the exact batch
     val: dict[str, Any] = {}
     bar = tqdm(total=cfg.steps, initial=step, desc="detector", disable=not d.is_main, dynamic_ncols=True)
     while step < cfg.steps:
@@ -299,7 +299,7 @@ def train(cfg: DetectorConfig, train_set: Dataset | None = None, val_set: Datase
             metrics.write(step, loss=common.all_mean(loss.detach(), d), lr=sched.get_last_lr()[0], **row)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"val_score": f"{val['node21_score']:.3f}"} if val else {}))
         if d.is_main and (step % cfg.checkpoint_every == 0 or last):
-            common.save_checkpoint(ckpt, step=step, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched})
+            common.save_checkpoint(ckpt, step=step, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched}, data=batches)
     bar.close()
     if d.is_main:
         model.eval()

@@ -127,13 +127,13 @@ def train(cfg: LungConfig, samples: list[tuple[torch.Tensor, dict[str, Any]]] | 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1))
     ckpt = out / "checkpoint.pt"
-    step = 0
+    step, state = 0, {}
     if ckpt.exists():
         state = common.load_checkpoint(ckpt, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched}, map_location=d.device)
         step = int(state["step"])
     metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
     metrics.truncate_after(step)
-    batches = common.infinite(loader, sampler, start_epoch=step // max(len(loader), 1))
+    batches = common.Batches(loader, sampler, state=state.get("data"), step=step)  # resumes at the exact batch
     held_dice = float("nan")
     bar = tqdm(total=cfg.steps, initial=step, desc="lung", disable=not d.is_main, dynamic_ncols=True)
     model.train()
@@ -165,7 +165,7 @@ def train(cfg: LungConfig, samples: list[tuple[torch.Tensor, dict[str, Any]]] | 
                 common.save_grid(torch.cat([show, pred, y[:8]]), out / "samples" / f"step{step:06d}.png", nrow=len(show))
             model.train()
         if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            common.save_checkpoint(ckpt, step=step, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched})
+            common.save_checkpoint(ckpt, step=step, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched}, data=batches)
     bar.close()
     if d.is_main:
         model.eval()

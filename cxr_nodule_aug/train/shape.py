@@ -155,7 +155,7 @@ def train(cfg: ShapeConfig) -> Path:
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.g_lr, betas=tuple(cfg.betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas))
     ckpt = out / "checkpoint.pt"
-    step = 0
+    step, state = 0, {}
     if ckpt.exists():
         state = common.load_checkpoint(ckpt, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, map_location=d.device)
         step = int(state["step"])
@@ -163,7 +163,7 @@ def train(cfg: ShapeConfig) -> Path:
     fixed_z = torch.randn(32, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(d.device)
     metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
     metrics.truncate_after(step)
-    batches = common.infinite(loader, sampler, start_epoch=step // max(len(loader), 1))
+    batches = common.Batches(loader, sampler, state=state.get("data"), step=step)  # resumes at the exact batch
 
     G.train()
     D.train()
@@ -196,7 +196,7 @@ def train(cfg: ShapeConfig) -> Path:
                 common.save_grid(binarize_shapes(G(fixed_z)[:, 0])[:, None].float(), out / "samples" / f"step{step:06d}.png")
             G.train()
         if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            common.save_checkpoint(ckpt, step=step, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
+            common.save_checkpoint(ckpt, step=step, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, data=batches)
         common.barrier(d) if step % cfg.checkpoint_every == 0 else None
     bar.close()
     if d.is_main:

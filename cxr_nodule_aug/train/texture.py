@@ -251,7 +251,7 @@ def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> P
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, drop)
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, drop)
     ckpt = out / "checkpoint.pt"
-    step = 0
+    step, state = 0, {}
     if ckpt.exists():
         state = common.load_checkpoint(ckpt, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, schedulers={"G": sched_g, "D": sched_d}, map_location=d.device)
         step = int(state["step"])
@@ -261,7 +261,7 @@ def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> P
     show_patch, show_mask = show["patch"][:n_show].float().to(d.device), show["mask"][:n_show].float().to(d.device)
     metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
     metrics.truncate_after(step)
-    batches = common.infinite(loader, sampler, start_epoch=step // max(len(loader), 1))
+    batches = common.Batches(loader, sampler, state=state.get("data"), step=step)  # resumes at the exact batch
 
     G.train()
     D.train()
@@ -305,7 +305,7 @@ def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> P
                 common.save_grid(torch.cat([holed, comp, show_patch]), out / "samples" / f"step{step:06d}.png", nrow=n_show)
             G.train()
         if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            common.save_checkpoint(ckpt, step=step, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, schedulers={"G": sched_g, "D": sched_d})
+            common.save_checkpoint(ckpt, step=step, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, schedulers={"G": sched_g, "D": sched_d}, data=batches)
     bar.close()
     if d.is_main:
         G.eval()
