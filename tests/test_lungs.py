@@ -1,13 +1,21 @@
-"""``cxr-nodule-aug lungs`` and the detector keys that use it (``lung_masks``, ``worker_niceness``).
+"""``cxr-nodule-aug lungs`` and the detector keys that use it (``lung_masks``, ``worker_niceness``),
+and the shipped lung model on the real radiograph.
 
 A tiny NODE21-layout set (16-bit PNGs cut from a 128 px SimCXR export, shipped weights): the
 written masks are the ones ``NoduleInpaint`` computes online, the dataset reads them back, and
 augmenting with them gives the same output as without.
+
+The thorax region of RG1_UNCR (``benchmarks/lung_check.py``'s ``RG1_ANATOMY``) was read off the
+image by eye: the apex row 120 px (the patient's right apex is at ~135 px, the left at ~128 px),
+the rib cage's outer edge (~105 px and ~1720 px at mid height), and the diaphragm domes (right
+dome top ~1400 px at x ~450, left ~1445 px at x ~1450; costophrenic angles ~1570 and ~1585 px).
+``docs/lung_check_rg1.png`` draws it in yellow.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import re
@@ -31,6 +39,7 @@ from cxr_nodule_aug.train.common import resolve_config
 from cxr_nodule_aug.train.detector import DetectorConfig, build_loader, build_sets
 
 CONFIGS = Path(cxr_nodule_aug.train.__file__).resolve().parent / "configs"
+ROOT = Path(__file__).resolve().parents[1]
 # A dotted name: its mask is "c.png", the rule the dataset reads with.
 NAMES = ("a.png", "b.png", "c.v2.png")
 
@@ -251,3 +260,44 @@ def test_worker_niceness_reaches_the_dataloader_workers():
     for bad in (20, -1, 2.5, True):
         with pytest.raises(ValueError, match="worker_niceness="):
             build_loader(dataclasses.replace(cfg, worker_niceness=bad), _NiceOfWorker())
+
+
+# -- the README Quickstart on the real radiograph -----------------------------------------------
+def _lung_check():
+    spec = importlib.util.spec_from_file_location("lung_check", ROOT / "benchmarks" / "lung_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_quickstart_nodule_lies_in_the_thorax():
+    pytest.importorskip("pydicom")
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from cxr_nodule_aug import InsertNodules, NoduleInpaint
+
+    check = _lung_check()
+    image = check.rg1_image()
+    H, W = image.shape[-2:]
+    thorax = torch.from_numpy(check.thorax_region((H, W)))
+    # The README's Quickstart, verbatim but for the prints.
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(H, W)),
+        "labels": torch.zeros(0, dtype=torch.int64),
+    }
+    tf = NoduleInpaint(diameters=(30.0, 90.0), num_nodules=(1, 3), p=1.0, generator=torch.Generator().manual_seed(0))
+    out_image, out_target = v2.Compose([tf, v2.SanitizeBoundingBoxes()])(tv_tensors.Image(image), target)
+    records = out_target["nodules"]
+    assert 1 <= len(records) <= 3
+    for record in records:
+        x0, y0, x1, y1 = (int(v) for v in record.box_xyxy)
+        alone, _ = InsertNodules([record])(image, target)  # this nodule's footprint: the pixels it changed
+        footprint = (alone != image)[0]
+        assert footprint.any()
+        rows, cols = footprint.nonzero(as_tuple=True)
+        assert rows.min() >= 120, f"nodule at {record.center_xy} reaches row {int(rows.min())}, above the lung apices (row 120)"
+        outside = footprint & ~thorax
+        assert not outside.any(), f"nodule at {record.center_xy} (box {[x0, y0, x1, y1]}) has {int(outside.sum())} px outside the thorax"
+    replayed, _ = InsertNodules(records)(image, target)
+    assert torch.equal(replayed, out_image.as_subclass(torch.Tensor))

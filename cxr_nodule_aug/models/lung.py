@@ -66,14 +66,72 @@ class LungSegmenter(PretrainedMixin, nn.Module):
         return F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
 
     @torch.inference_mode()
-    def predict_mask(self, image: torch.Tensor, keep_components: int = 2, min_fraction: float = 0.1) -> torch.Tensor:
-        """Lung mask (B, H, W) bool: thresholded at 0.5 at the model's resolution, keeping the
-        ``keep_components`` largest connected regions (the two lungs) and dropping any smaller
-        than ``min_fraction`` of the largest, then resized to the image."""
+    def predict_mask(self, image: torch.Tensor, open_fraction: float = 0.03, min_fraction: float = 0.1) -> torch.Tensor:
+        """Lung mask (B, H, W) bool: thresholded at 0.5 at the model's resolution, cleaned up by
+        :func:`clean_lung_mask` (thin spikes cut, one lung per side, holes filled) there, then
+        resized to the image."""
         h, w = image.shape[-2:]
         mask = self._probability_at_input_size(image)[:, 0] > 0.5
-        mask = torch.stack([largest_components(m, keep_components, min_fraction) for m in mask])
+        mask = torch.stack([clean_lung_mask(m, open_fraction, min_fraction) for m in mask])
         return F.interpolate(mask[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0] >= 0.5
+
+
+def clean_lung_mask(mask: torch.Tensor, open_fraction: float = 0.03, min_fraction: float = 0.1) -> torch.Tensor:
+    """Anatomical clean-up of a thresholded (H, W) bool lung mask; same device.
+
+    1. **Spikes**: a binary opening with a disk of radius ``open_fraction * min(H, W)`` px
+       (scaled to the image, so the same anatomy is cut at any resolution) removes parts
+       narrower than its diameter: a tongue up the trachea into the neck, a sliver along the
+       rib edge or the mediastinum. Lungs are broad; nothing this thin is a lung field.
+    2. **One lung per side**: the lungs are the largest 8-connected region whose centre lies in
+       the left half of the image and the largest in the right half (connectivity taken
+       *before* the opening, so a lower zone joined by a narrow isthmus stays with its lung).
+       A side's region smaller than ``min_fraction`` of the other side's is dropped, and so are
+       the pieces of a kept lung that the opening cut off and that are smaller than
+       ``min_fraction`` of its main piece (the tip of a spike).
+    3. **Holes filled**: an opacity inside a lung (a mass, a rib crossing) is lung field.
+
+    The result is never larger than the input outside the filled holes.
+    """
+    from scipy import ndimage
+
+    if mask.ndim != 2 or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be an (H, W) bool tensor, got {tuple(mask.shape)} {mask.dtype}")
+    if not 0 <= open_fraction < 0.5:
+        raise ValueError(f"open_fraction must be in [0, 0.5), got {open_fraction}")
+    if not 0 <= min_fraction <= 1:
+        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+    if not mask.any():
+        return mask
+    m = mask.cpu().numpy()
+    radius = int(round(open_fraction * min(m.shape)))
+    if radius > 0:
+        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+        opened = ndimage.binary_opening(m, structure=(yy**2 + xx**2) <= radius**2)
+    else:
+        opened = m
+    eight = np.ones((3, 3), dtype=bool)
+    labels, n = ndimage.label(m, structure=eight)
+    sizes = ndimage.sum_labels(opened, labels, index=np.arange(1, n + 1))  # what survives the opening
+    cols = ndimage.center_of_mass(m, labels, index=np.arange(1, n + 1))
+    middle = (m.shape[1] - 1) / 2
+    lungs = []
+    for side in (lambda c: c < middle, lambda c: c >= middle):
+        ids = [i for i in range(n) if side(cols[i][1]) and sizes[i] > 0]
+        if ids:
+            lungs.append(max(ids, key=lambda i: (sizes[i], -i)))
+    if not lungs:
+        return torch.zeros_like(mask)
+    biggest = max(sizes[i] for i in lungs)
+    out = np.zeros_like(m)
+    for i in lungs:
+        if sizes[i] < min_fraction * biggest:
+            continue
+        pieces, k = ndimage.label(opened & (labels == i + 1), structure=eight)
+        counts = np.bincount(pieces.ravel(), minlength=k + 1)[1:]
+        keep = np.flatnonzero(counts >= min_fraction * counts.max()) + 1
+        out |= ndimage.binary_fill_holes(np.isin(pieces, keep))
+    return torch.from_numpy(out).to(mask.device)
 
 
 def largest_components(mask: torch.Tensor, keep: int, min_fraction: float = 0.0) -> torch.Tensor:
