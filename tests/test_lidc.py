@@ -149,3 +149,20 @@ def test_real_silhouettes_have_physical_size(db):
         iso, h = nod.isotropic_mask(0.5)
         assert h == 0.5 and iso.dtype == np.float32 and 0 <= iso.min() and iso.max() <= 1
         assert (iso >= 0.5).sum() * 0.125 == pytest.approx(nod.volume_mm3, rel=0.25)
+
+
+def test_shape_training_data_from_lidc_silhouettes():
+    import torch
+
+    from cxr_nodule_aug.functional.size import equivalent_diameter
+    from cxr_nodule_aug.train.shape import LIDCSilhouettes, ShapeConfig, open_shape_data
+
+    data = LIDCSilhouettes("test", image_size=32, augment=False, limit=4)
+    assert data.masks.shape == (4, 1, 32, 32) and set(data.masks.unique().tolist()) <= {0.0, 1.0}
+    test_ids = {r["nodule_id"] for r in lidc.nodule_table("test")}
+    assert set(data.nodule_ids) <= test_ids
+    for m in data.masks[:, 0]:  # normalised like the folder masks: d_init 100 px on 256 -> 12.5 px on 32
+        assert abs(float(equivalent_diameter(m.bool())) - 12.5) < 2.0
+    with pytest.raises(ValueError, match="lidc:SPLIT"):
+        open_shape_data(ShapeConfig(data="lidc:holdout"))
+    assert isinstance(data[0], torch.Tensor)

@@ -2,7 +2,9 @@
 
 Data: any folder of nodule masks (PNG, any size): a binary file (nonzero = nodule) holds one
 nodule; a labelled file (values 1, 2, ...) holds one nodule per value, as SimCXR's
-``masks/*_nodules.png`` do. ``pattern`` picks the files.
+``masks/*_nodules.png`` do. ``pattern`` picks the files. Or ``data=lidc:SPLIT`` (train, val,
+test): the coronal silhouettes of the LIDC-IDRI nodules of that split (readers' >= 50 %
+consensus, coronal diameter >= ``lidc_min_diameter_mm``; needs the ``lidc`` extra).
 Each mask is size-modulated to ``norm_diameter_px`` on a ``norm_canvas`` grid, then resized to
 ``image_size`` (the paper: 100 px on 256, then 128 x 128).
 """
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 class ShapeConfig:
     data: str = ""
     pattern: str = "*.png"
+    lidc_min_diameter_mm: float = 5.0
     out: str = "runs/shape"
     steps: int = 4000
     batch_size: int = 16
@@ -96,6 +99,26 @@ def check_mask_files(root: Path, files: list[Path], max_labels: int = MAX_LABELS
             )
 
 
+def normalise_masks(named_masks, image_size: int, norm_diameter_px: float, norm_canvas: int, source: str) -> torch.Tensor:
+    """Size-modulate each ``(name, mask)`` to ``norm_diameter_px`` on ``norm_canvas``, resize to
+    ``image_size``: (N, 1, S, S) float {0, 1}. Masks that cannot be normalised are skipped (logged)."""
+    masks, skipped, total = [], [], 0
+    for name, m in named_masks:
+        total += 1
+        try:
+            norm = modulate_size(m, norm_diameter_px, canvas=norm_canvas)
+        except ValueError as err:
+            skipped.append(f"{name}: {err}")
+            continue
+        small = F.interpolate(norm[None, None].float(), size=(image_size, image_size), mode="area")[0] >= 0.5
+        masks.append(small)
+    if skipped:
+        log.warning("skipped %d of %d masks that could not be normalised, e.g. %s", len(skipped), total, skipped[0])
+    if not masks:
+        raise ValueError(f"none of the {total} masks in {source} could be normalised")
+    return torch.stack(masks).float()
+
+
 class MaskFolder(Dataset):
     """Normalised shape masks (1, S, S) float {0, 1} from a folder of PNG masks."""
 
@@ -107,22 +130,8 @@ class MaskFolder(Dataset):
         if not files:
             raise FileNotFoundError(f"data={str(root)!r} holds no files matching {pattern!r}")
         check_mask_files(root, files)
-        masks, skipped, total = [], [], 0
-        for f in files:
-            for m in read_masks(f):
-                total += 1
-                try:
-                    norm = modulate_size(m, norm_diameter_px, canvas=norm_canvas)
-                except ValueError as err:
-                    skipped.append(f"{f.name}: {err}")
-                    continue
-                small = F.interpolate(norm[None, None].float(), size=(image_size, image_size), mode="area")[0] >= 0.5
-                masks.append(small)
-        if skipped:
-            log.warning("skipped %d of %d masks that could not be normalised, e.g. %s", len(skipped), total, skipped[0])
-        if not masks:
-            raise ValueError(f"none of the {total} masks in {root} could be normalised")
-        self.masks = torch.stack(masks).float()
+        named = ((f.name, m) for f in files for m in read_masks(f))
+        self.masks = normalise_masks(named, image_size, norm_diameter_px, norm_canvas, str(root))
         self.augment = augment
         self.files = files
 
@@ -139,13 +148,56 @@ class MaskFolder(Dataset):
         return m
 
 
+class LIDCSilhouettes(MaskFolder):
+    """Normalised coronal silhouettes of one LIDC-IDRI split (``data=lidc:SPLIT``).
+
+    Each silhouette is cut at a pixel size that makes its coronal diameter about
+    ``norm_diameter_px`` (so the shape is resampled once from the readers' contours, not
+    upsampled from a small mask), then normalised like :class:`MaskFolder`'s masks.
+    """
+
+    def __init__(self, split: str, image_size: int = 128, norm_diameter_px: float = 100.0, norm_canvas: int = 256,
+                 augment: bool = True, min_diameter_mm: float = 5.0, limit: int | None = None) -> None:
+        from cxr_nodule_aug.lidc import LIDCDatabase, nodule_table
+
+        self.nodule_ids = [r["nodule_id"] for r in nodule_table(split)
+                           if r["coronal_diameter_mm"] >= min_diameter_mm][:limit]
+        if not self.nodule_ids:
+            raise ValueError(f"data=lidc:{split}: no nodule with coronal diameter >= {min_diameter_mm} mm")
+        size = {r["nodule_id"]: r["coronal_diameter_mm"] for r in nodule_table(split)}
+        db = LIDCDatabase()
+
+        def named():
+            for nid in self.nodule_ids:
+                sil = db.nodule(nid).silhouette(spacing_mm=size[nid] / norm_diameter_px)
+                yield nid, torch.from_numpy(sil)
+
+        self.masks = normalise_masks(named(), image_size, norm_diameter_px, norm_canvas, f"lidc:{split}")
+        self.augment = augment
+        self.files = []
+
+
+def open_shape_data(cfg: ShapeConfig, augment: bool | None = None) -> MaskFolder:
+    """The training masks ``cfg.data`` names: a folder of PNG masks, or ``lidc:SPLIT``."""
+    augment = cfg.augment if augment is None else augment
+    if str(cfg.data).startswith("lidc:"):
+        split = str(cfg.data).split(":", 1)[1]
+        from cxr_nodule_aug.lidc import SPLITS
+
+        if split not in SPLITS:
+            raise ValueError(f"data={cfg.data!r}: expected lidc:SPLIT with SPLIT one of {SPLITS}")
+        return LIDCSilhouettes(split, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment,
+                               cfg.lidc_min_diameter_mm)
+    return MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment, cfg.pattern)
+
+
 def train(cfg: ShapeConfig) -> Path:
     root = Path(cfg.data)
     if root.is_dir():  # refuse a folder that is not masks before the run folder is made
         check_mask_files(root, sorted(root.rglob(cfg.pattern)))
     d, out = common.start_run(cfg)
 
-    data = MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, cfg.augment, cfg.pattern)
+    data = open_shape_data(cfg)
     sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
