@@ -381,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         dataset, eligible = _open_sources(args)
     except (ValueError, FileNotFoundError) as err:
-        raise UsageError(f"--data {args.data!r}: {err}") from None
+        raise UsageError(f"--data {args.data!r} (--dataset {args.dataset}): {err}") from None
     order = source_order(len(eligible), args.count, args.seed)
     check_diameters_fit(args, dataset, eligible[order[0]])  # before the models load: a nodule that cannot fit fails in seconds
     tf = _make_transform(args)
