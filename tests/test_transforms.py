@@ -551,3 +551,13 @@ def test_replay_of_out_records_on_an_input_that_already_has_records():
     r_img, r_tgt = replay(image, target)
     assert len(r_tgt["boxes"]) == 3 and r_tgt["nodules"] == out_tgt["nodules"]
     _new_box_has_changed_pixels(image, r_img, target, r_tgt)
+
+
+def test_replay_does_not_consult_the_lung_mask_but_checks_its_size():
+    records = [NoduleRecord((40, 60), 8.0, 1)]
+    tf = InsertNodules(records, shape_model=EllipseShapeGenerator(), texture_model=tiny_texture())
+    empty = {**make_target(), "lung_mask": tv_tensors.Mask(torch.zeros(128, 128, dtype=torch.bool))}
+    out_img, out_tgt = tf(tv_tensors.Image(make_image()), empty)
+    assert len(out_tgt["boxes"]) == 2
+    with pytest.raises(ValueError, match="lung_mask.*must be"):
+        tf(tv_tensors.Image(make_image()), {**make_target(), "lung_mask": tv_tensors.Mask(torch.ones(3, 3, dtype=torch.bool))})

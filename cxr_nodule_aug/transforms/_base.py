@@ -150,9 +150,10 @@ class NoduleTransformBase(v2.Transform):
         """(H, W) bool on the work device: the target's lung mask, else the lung model's."""
         return self.lung_mask_and_working(image, target)[0]
 
-    def target_lung_mask(self, image: torch.Tensor, target: Mapping[str, Any]) -> torch.Tensor | None:
+    def target_lung_mask(self, image: torch.Tensor, target: Mapping[str, Any], require_lung: bool = True) -> torch.Tensor | None:
         """The target's lung mask as (H, W) bool on the work device, checked; ``None`` if the
-        target has none. Wrong size -> ``ValueError``; no lung pixel -> :class:`InsertionError`."""
+        target has none. Wrong size -> ``ValueError``; no lung pixel -> :class:`InsertionError`
+        (unless ``require_lung=False``: a replay does not consult the lungs)."""
         mask = target.get(self.lung_mask_key)
         if mask is None:
             return None
@@ -171,7 +172,7 @@ class NoduleTransformBase(v2.Transform):
             raise ValueError(f"{key} contains NaN or infinite values")
         mask = mask.to(self.work_device(image))
         mask = mask > 0.5 if mask.is_floating_point() else mask.bool()
-        if not mask.any():
+        if require_lung and not mask.any():
             raise InsertionError(f"{key} is empty (all zeros): there is no lung to place a nodule in")
         return mask
 
@@ -242,7 +243,7 @@ class NoduleTransformBase(v2.Transform):
         if records is not None and not isinstance(records, (list, tuple)):
             raise TypeError(f"target[{self.records_key!r}] must be a list of NoduleRecord, got {type(records).__name__}")
         self.pixel_spacing_mm(target)  # validates it when present
-        self.target_lung_mask(image, target)  # validates it when present
+        self.target_lung_mask(image, target, require_lung=False)  # validates its size when present
 
     def forward(self, *inputs: Any) -> Any:
         return self.batch([inputs if len(inputs) > 1 else inputs[0]])[0]

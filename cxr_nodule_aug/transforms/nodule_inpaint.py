@@ -137,6 +137,8 @@ class NoduleInpaint(NoduleTransformBase):
                 f"diameters are in mm but the pixel spacing is unknown: put (row_mm, col_mm) in "
                 f"target[{self.pixel_spacing_key!r}] or pass pixel_spacing_mm=..."
             )
+        image, _ = flat_inputs
+        self.target_lung_mask(image, target)  # an empty lung mask: nowhere to place a nodule
         if target.get(self.lung_mask_key) is None and self.lung_model is None:
             raise ValueError(
                 f"the sample has no lung mask (target[{self.lung_mask_key!r}]) and no lung model is configured: "
