@@ -9,7 +9,7 @@
 __version__ = "0.1.0"
 
 from cxr_nodule_aug.datasets.loader import collate_samples
-from cxr_nodule_aug.functional.placement import PlacementError
+from cxr_nodule_aug.functional.placement import InsertionError, PlacementError
 from cxr_nodule_aug.hub import WeightsError, load_model
 from cxr_nodule_aug.models import LungSegmenter, PatchDiscriminator, ShapeDiscriminator, ShapeGenerator, TextureGenerator
 from cxr_nodule_aug.records import NoduleRecord
@@ -19,6 +19,7 @@ from cxr_nodule_aug.transforms import InsertNodules, NoduleInpaint
 __all__ = [
     "HEMSampler",
     "InsertNodules",
+    "InsertionError",
     "LungSegmenter",
     "NoduleInpaint",
     "NoduleRecord",

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import math
-
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 from torchvision import tv_tensors
 
 from cxr_nodule_aug.models import ShapeGenerator, TextureGenerator
+
+CI_EXAMPLES = 100
+
+# Hypothesis profiles for tests without their own max_examples (tests/test_properties.py):
+# `ci` (the default; sized for ~1-2 minutes on 2 cores) and `long` for local runs
+# (HYPOTHESIS_PROFILE=long). Tests that set max_examples themselves keep it.
+settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None, print_blob=True)
+settings.register_profile("long", max_examples=3000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 class EllipseShapeGenerator(ShapeGenerator):

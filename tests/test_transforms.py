@@ -324,3 +324,240 @@ def test_batch_path_matches_the_per_sample_path():
         assert torch.equal(g_tgt["boxes"], e_tgt["boxes"]) and torch.equal(g_tgt["labels"], e_tgt["labels"])
         assert g_tgt["nodules"] == e_tgt["nodules"]
     assert sum(len(t["nodules"]) for t in (x if isinstance(x, dict) else x[1] for x in got)) > 0
+
+
+# --- issue #15 / #16: one way to find image and target; no label without changed pixels -------
+def _changed(a, b):
+    a = TF.pil_to_tensor(a) if isinstance(a, PIL.Image.Image) else a
+    b = TF.pil_to_tensor(b) if isinstance(b, PIL.Image.Image) else b
+    return (a.as_subclass(torch.Tensor) != b.as_subclass(torch.Tensor)).any(0)
+
+
+def _new_box_has_changed_pixels(image_in, image_out, target_in, target_out):
+    n_old = len(target_in["boxes"])
+    boxes = target_out["boxes"]
+    xyxy = TF.convert_bounding_box_format(boxes.as_subclass(torch.Tensor).double(), old_format=boxes.format, new_format="XYXY")
+    changed = _changed(image_in, image_out)
+    assert len(xyxy) > n_old
+    for (x1, y1, x2, y2), rec in zip(xyxy[n_old:].int().tolist(), target_out["nodules"][-(len(xyxy) - n_old) :]):
+        assert changed[y1:y2, x1:x2].any(), "a new box with no changed pixel under it"
+        assert rec.box_xyxy == (x1, y1, x2, y2)
+
+
+def test_issue_repro_flat_dict_gets_the_nodule_it_is_labelled_with():
+    H = W = 128
+    image = tv_tensors.Image((torch.rand(1, H, W, generator=torch.Generator().manual_seed(0)) * 200 + 20).to(torch.uint8))
+    lung = torch.zeros(H, W, dtype=torch.bool)
+    lung[20:110, 10:60] = True
+    lung[20:110, 68:118] = True
+    base = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(H, W)),
+            "labels": torch.zeros(0, dtype=torch.int64), "lung_mask": tv_tensors.Mask(lung)}
+    out = make_tf(diameters=15.0, generator=torch.Generator().manual_seed(0))({"image": image, **base})
+    assert len(out["boxes"]) == 1 and type(out["image"]) is tv_tensors.Image
+    _new_box_has_changed_pixels(image, out["image"], base, out)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["tuple", "flat", "flat_image_last", "nested_dict", "nested_list", "nested_tuple_plain", "flat_plain", "flat_plain_image_last", "nested_plain_target_first"],
+)
+def test_every_layout_labels_only_what_it_inserted(layout):
+    image = make_image(torch.uint16)
+    tgt = make_target(masks=True)
+    img = image if "plain" in layout else tv_tensors.Image(image)
+    sample = {
+        "tuple": (img, tgt),
+        "flat": {"image": img, **tgt},
+        "flat_image_last": {**tgt, "image": img},
+        "nested_dict": {"image": img, "target": tgt, "meta": {"id": 3}},
+        "nested_list": [{"img": img}, {"target": tgt}],
+        "nested_tuple_plain": ({"x": img}, [tgt]),
+        "flat_plain": {"image": img, **tgt},
+        "flat_plain_image_last": {**tgt, "image": img},
+        "nested_plain_target_first": {"target": tgt, "image": img},
+    }[layout]
+    out = make_tf()(sample) if layout != "tuple" else make_tf()(*sample)
+    leaves_in = [x for x in (sample if layout == "tuple" else [sample])]
+    assert leaves_in  # the input is untouched:
+    assert torch.equal(torch.as_tensor(img), image)
+    out_img = {
+        "tuple": lambda o: o[0], "flat": lambda o: o["image"], "flat_image_last": lambda o: o["image"],
+        "nested_dict": lambda o: o["image"], "nested_list": lambda o: o[0]["img"], "nested_tuple_plain": lambda o: o[0]["x"],
+        "flat_plain": lambda o: o["image"], "flat_plain_image_last": lambda o: o["image"], "nested_plain_target_first": lambda o: o["image"],
+    }[layout](out)
+    out_tgt = {
+        "tuple": lambda o: o[1], "nested_dict": lambda o: o["target"], "nested_list": lambda o: o[1]["target"],
+        "nested_tuple_plain": lambda o: o[1][0], "nested_plain_target_first": lambda o: o["target"],
+    }.get(layout, lambda o: o)(out)
+    assert type(out_img) is type(img)
+    _new_box_has_changed_pixels(image, out_img, tgt, out_tgt)
+    check_insertion(image, tgt, out_img.as_subclass(torch.Tensor), out_tgt, 1)
+
+
+def test_ambiguous_or_missing_image_is_a_clear_error():
+    tgt = make_target()
+    with pytest.raises(ValueError, match="candidates for the image.*wrap the image in tv_tensors.Image"):
+        make_tf()({"a": make_image(), "b": make_image(seed=1), **tgt})
+    with pytest.raises(TypeError, match="holds no image"):
+        make_tf()({"a": "x", **tgt})
+    with pytest.raises(ValueError, match="2 tv_tensors.BoundingBoxes"):
+        make_tf()(tv_tensors.Image(make_image()), tgt, {"other": tgt["boxes"]})
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "I", "F", "RGB"])
+def test_pil_images_of_every_round_trip_mode(mode):
+    arr = {
+        "L": make_image(torch.uint8)[0].numpy(),
+        "I;16": make_image(torch.uint16)[0].numpy(),
+        "I": make_image(torch.uint16)[0].numpy().astype(np.int32),
+        "F": make_image(torch.float32)[0].numpy(),
+        "RGB": make_image(torch.uint8, channels=3).permute(1, 2, 0).numpy(),
+    }[mode]
+    pil = PIL.Image.fromarray(np.ascontiguousarray(arr))
+    assert pil.mode == mode
+    tgt = make_target(masks=True)
+    out_img, out_tgt = make_tf()(pil, tgt)
+    assert isinstance(out_img, PIL.Image.Image) and out_img.mode == mode and out_img.size == pil.size
+    _new_box_has_changed_pixels(pil, out_img, tgt, out_tgt)
+    with pytest.raises(TypeError, match="mode 'P'"):
+        make_tf()(pil.convert("L").convert("P"), tgt)
+
+
+@pytest.mark.parametrize("dtype, scale, offset", [(torch.float32, 3000.0, -1000.0), (torch.float64, 2.0, -1.0), (torch.float16, 1.0, 0.0), (torch.int32, 2**30, 0), (torch.int16, 20000, -10000)])
+def test_nothing_outside_the_new_masks_changes_and_output_in_range(dtype, scale, offset):
+    # Full-precision values: float64 noise below float32's resolution, int32 values past 2**24.
+    base = make_image(torch.float64, seed=2) + 1e-3 * torch.rand(1, 128, 128, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    image = (base * scale + offset)
+    image = (image if dtype.is_floating_point else image.round()).to(dtype)
+    tgt = make_target(masks=True)
+    out_img, out_tgt = make_tf(num_nodules=2)(tv_tensors.Image(image), tgt)
+    union = out_tgt["masks"][1:].bool().any(0)
+    changed = _changed(image, out_img)
+    assert changed.any() and not (changed & ~union).any(), "pixels changed outside the new nodules"
+    assert torch.equal(out_img.as_subclass(torch.Tensor)[:, ~union], image[:, ~union])
+    lo, hi = (0.0, 1.0) if dtype.is_floating_point and image.min() >= 0 and image.max() <= 1 else (float(image.min()), float(image.max()))
+    if not dtype.is_floating_point:
+        lo, hi = torch.iinfo(dtype).min, torch.iinfo(dtype).max
+    assert float(out_img.min()) >= lo and float(out_img.max()) <= hi
+
+
+def test_contrast_too_small_for_the_bit_depth_raises_naming_contrast_and_dtype():
+    from cxr_nodule_aug import InsertionError
+
+    with pytest.raises(InsertionError, match=r"contrast=1e-06.*uint8"):
+        make_tf(contrast=1e-6)(tv_tensors.Image(make_image(torch.uint8)), make_target())
+
+
+@pytest.mark.parametrize("layout", ["tuple", "flat", "nested"])
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        ({"lung_mask": tv_tensors.Mask(torch.ones(64, 64, dtype=torch.bool))}, ValueError, r"lung_mask.*must be \(H, W\)"),
+        ({"lung_mask": tv_tensors.Mask(torch.zeros(128, 128, dtype=torch.bool))}, ValueError, r"lung_mask.*empty"),
+        ({"boxes": tv_tensors.BoundingBoxes([[float("nan"), 1.0, 4.0, 4.0]], format="XYXY", canvas_size=(128, 128))}, ValueError, "must be finite"),
+        ({"boxes": tv_tensors.BoundingBoxes([[1.0, 1.0, float("inf"), 4.0]], format="XYXY", canvas_size=(128, 128))}, ValueError, "must be finite"),
+        ({"boxes": tv_tensors.BoundingBoxes([[10, 10, 4, 4]], format="CXCYWH", canvas_size=(128, 128), dtype=torch.int64)}, ValueError, "CXCYWH.*float"),
+    ],
+)
+@pytest.mark.parametrize("p", [1.0, 0.0])
+def test_invalid_target_refused_in_every_layout_whatever_p(layout, bad, error, match, p):
+    tgt = {**make_target(), **bad}
+    img = tv_tensors.Image(make_image())
+    tf = make_tf(p=p)
+    with pytest.raises(error, match=match):
+        if layout == "tuple":
+            tf(img, tgt)
+        elif layout == "flat":
+            tf({"image": img, **tgt})
+        else:
+            tf({"sample": [img, {"target": tgt}]})
+
+
+@pytest.mark.parametrize("p", [1.0, 0.0])
+def test_mm_without_spacing_refused_in_every_layout_whatever_p(p):
+    tf = make_tf(diameters=(4.0, 6.0), unit="mm", p=p)
+    img = tv_tensors.Image(make_image())
+    for sample in [(img, make_target()), ({"image": img, **make_target()},), ({"x": [img, {"t": make_target()}]},)]:
+        with pytest.raises(ValueError, match="diameters are in mm but the pixel spacing is unknown"):
+            tf(*sample)
+
+
+def test_integer_and_half_precision_boxes_records_equal_appended_boxes():
+    for fmt, dtype in [("XYXY", torch.int64), ("XYWH", torch.int32), ("CXCYWH", torch.float32), ("XYWH", torch.float16), ("CXCYWH", torch.float64)]:
+        tgt = make_target(fmt=fmt)
+        tgt["boxes"] = tv_tensors.wrap(tgt["boxes"].as_subclass(torch.Tensor).to(dtype), like=tgt["boxes"])
+        img = tv_tensors.Image(make_image())
+        out_img, out_tgt = make_tf()(img, tgt)
+        assert out_tgt["boxes"].dtype == dtype and out_tgt["boxes"].format.name == fmt
+        _new_box_has_changed_pixels(img, out_img, tgt, out_tgt)
+
+
+def test_on_failure_skip_leaves_the_sample_unaugmented_counts_and_logs(caplog):
+    with pytest.raises(ValueError, match="on_failure must be"):
+        make_tf(on_failure="ignore")
+    constant = tv_tensors.Image(torch.full((1, 128, 128), 7, dtype=torch.uint16))
+    tgt = {**make_target(), "image_id": "case-17"}
+    with pytest.raises(ValueError, match="image image_id='case-17': image is constant"):
+        make_tf()(constant, tgt)
+    with pytest.raises(PlacementError, match=r"image of shape \(1, 128, 128\) uint16: .*nodule 0"):
+        make_tf(diameters=60.0)(tv_tensors.Image(make_image()), make_target())
+    tf = make_tf(on_failure="skip")
+    with caplog.at_level("WARNING", logger="cxr_nodule_aug"):
+        out_img, out_tgt = tf(constant, tgt)
+    assert out_img is constant and len(out_tgt["boxes"]) == 1 and out_tgt["nodules"] == [] and tf.skipped == 1
+    assert "case-17" in caplog.text and "skipped" in caplog.text
+    # A nodule that does not fit, and a contrast no pixel can show: skipped too.
+    for bad_tf in (make_tf(on_failure="skip", diameters=60.0), make_tf(on_failure="skip", contrast=1e-6)):
+        out_img, out_tgt = bad_tf(tv_tensors.Image(make_image(torch.uint8)), make_target())
+        assert len(out_tgt["boxes"]) == 1 and out_tgt["nodules"] == [] and bad_tf.skipped == 1
+    # batch(): the good samples are augmented, the bad one passes through.
+    samples = [(tv_tensors.Image(make_image(seed=1)), make_target()), (constant, tgt), (tv_tensors.Image(make_image(seed=2)), make_target())]
+    got = make_tf(on_failure="skip").batch(samples)
+    assert [len(t["nodules"]) for _, t in got] == [1, 0, 1]
+    # Malformed input is not skipped.
+    with pytest.raises(ValueError, match="lung_mask.*must be"):
+        tf(tv_tensors.Image(make_image()), {**make_target(), "lung_mask": tv_tensors.Mask(torch.ones(4, 4, dtype=torch.bool))})
+
+
+def test_nodule_larger_than_the_lungs_is_refused_before_any_work():
+    import time
+
+    class NoShapes(EllipseShapeGenerator):
+        def generate(self, seeds, device=None):
+            raise AssertionError("shapes generated for a nodule that cannot fit")
+
+    image, target = tv_tensors.Image(make_image(size=256)), make_target(size=256, boxes=())
+    t0 = time.perf_counter()
+    with pytest.raises(PlacementError, match="diameter 3000 px cannot fit the lung mask's bounding box"):
+        make_tf(diameters=3000.0, shape_model=NoShapes())(image, target)
+    with pytest.raises(PlacementError, match="diameter 3000 px cannot fit the image"):
+        InsertNodules([NoduleRecord((128, 128), 3000.0, 1)], shape_model=NoShapes(), texture_model=tiny_texture())(image, target)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_replay_of_out_records_on_an_input_that_already_has_records():
+    image, target = tv_tensors.Image(make_image()), make_target(masks=True)
+    first = make_tf(generator=torch.Generator().manual_seed(1))
+    second = make_tf(generator=torch.Generator().manual_seed(2))
+    mid_img, mid_tgt = first(image, target)
+    out_img, out_tgt = second(mid_img, mid_tgt)
+    assert len(out_tgt["nodules"]) == 2
+    replay = InsertNodules(out_tgt["nodules"], shape_model=EllipseShapeGenerator(), texture_model=tiny_texture())
+    # On the intermediate sample only the record it lacks is inserted: the output is reproduced.
+    r_img, r_tgt = replay(mid_img, mid_tgt)
+    assert torch.equal(r_img, out_img) and torch.equal(r_tgt["boxes"], out_tgt["boxes"]) and r_tgt["nodules"] == out_tgt["nodules"]
+    # On the original sample both are inserted (in one pass: the second nodule's texture no
+    # longer sees the first in its context, so the pixels are not the chained output's).
+    r_img, r_tgt = replay(image, target)
+    assert len(r_tgt["boxes"]) == 3 and r_tgt["nodules"] == out_tgt["nodules"]
+    _new_box_has_changed_pixels(image, r_img, target, r_tgt)
+
+
+def test_replay_does_not_consult_the_lung_mask_but_checks_its_size():
+    records = [NoduleRecord((40, 60), 8.0, 1)]
+    tf = InsertNodules(records, shape_model=EllipseShapeGenerator(), texture_model=tiny_texture())
+    empty = {**make_target(), "lung_mask": tv_tensors.Mask(torch.zeros(128, 128, dtype=torch.bool))}
+    out_img, out_tgt = tf(tv_tensors.Image(make_image()), empty)
+    assert len(out_tgt["boxes"]) == 2
+    with pytest.raises(ValueError, match="lung_mask.*must be"):
+        tf(tv_tensors.Image(make_image()), {**make_target(), "lung_mask": tv_tensors.Mask(torch.ones(3, 3, dtype=torch.bool))})

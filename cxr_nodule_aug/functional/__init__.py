@@ -5,13 +5,15 @@ Functional core, thin classes: the transforms hold configuration and randomness 
 
 from cxr_nodule_aug.functional.insertion import InsertionResult, insert_nodules, insert_nodules_batch, nodule_footprints, place_nodules, region_side, run_texture
 from cxr_nodule_aug.functional.intensity import check_image, from_working, to_working, value_limits
-from cxr_nodule_aug.functional.placement import PlacementError, box_fits, sample_centre, valid_centres
+from cxr_nodule_aug.functional.placement import InsertionError, PlacementError, box_fits, check_diameters_fit, sample_centre, valid_centres
 from cxr_nodule_aug.functional.size import ellipse_axes, equivalent_diameter, modulate_size
 
 __all__ = [
+    "InsertionError",
     "InsertionResult",
     "PlacementError",
     "box_fits",
+    "check_diameters_fit",
     "check_image",
     "ellipse_axes",
     "equivalent_diameter",

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cxr_nodule_aug.functional.intensity import check_image, from_working, to_working, value_limits
-from cxr_nodule_aug.functional.placement import PlacementError, footprint_box, sample_centre, valid_centres
+from cxr_nodule_aug.functional.placement import InsertionError, PlacementError, check_diameters_fit, footprint_box, sample_centre, valid_centres
 from cxr_nodule_aug.functional.size import equivalent_diameter, modulate_size
 from cxr_nodule_aug.models.shape import ShapeGenerator
 from cxr_nodule_aug.models.texture import TextureGenerator
@@ -84,7 +84,8 @@ class InsertionResult:
     image: torch.Tensor
     """The image with the nodules, same shape, dtype and device as the input."""
     masks: torch.Tensor
-    """(N, H, W) bool, the pixels each nodule changed."""
+    """(N, H, W) bool, each nodule's mask: the only pixels it may change (and it changes at
+    least one of them, else :class:`InsertionError`)."""
     boxes_xyxy: torch.Tensor
     """(N, 4) float32 absolute XYXY, x2/y2 exclusive."""
     records: list[NoduleRecord]
@@ -127,6 +128,7 @@ def _cut(
     _, H, W = image.shape
     P, max_fill = texture_model.patch_size, texture_model.max_fill
     if footprints is None:
+        check_diameters_fit([r.diameter_px for r in records], H, W, "the image")
         shapes = shape_model.generate([r.seed for r in records], device=device)
         footprints = nodule_footprints(shapes, [r.diameter_px for r in records], P, max_fill)
     # The window is an image-wide percentile: reuse it when the caller (the lung model) has it.
@@ -195,17 +197,25 @@ def _paste(cut: _Cut, fine: torch.Tensor, patch_size: int) -> InsertionResult:
         delta[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0] += change[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
         masks[i, y0:y1, x0:x1] = fp[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
         out_records.append(rec.replace(box_xyxy=tuple(map(float, box)), measured_diameter_px=round(float(equivalent_diameter(fp)), 3)))
-    if not n:
-        out = image.clone()
-    elif not image.is_floating_point() or value_limits(image) == (0.0, 1.0):
-        # from_working clamps to the dtype's range (or [0, 1]): the same on the crop as on the
-        # whole image, and unchanged pixels stay what they are.
-        out = image.clone()
-        out[:, uy0:uy1, ux0:ux1] = from_working(image[:, uy0:uy1, ux0:ux1], delta, cut.lo, cut.hi)
-    else:  # a float image's own min/max is the clamp range: take it from the whole image
-        full = torch.zeros(H, W, device=device)
-        full[uy0:uy1, ux0:ux1] = delta
-        out = from_working(image, full, cut.lo, cut.hi)
+    out = image.clone()
+    if n:
+        # Only pixels inside the new nodules' masks are written: everything else keeps its bits,
+        # whatever the dtype and value range. The clamp range is the whole image's.
+        crop = image[:, uy0:uy1, ux0:ux1]
+        inside = masks[:, uy0:uy1, ux0:ux1].any(0)
+        new = from_working(crop, delta, cut.lo, cut.hi, limits=value_limits(image))
+        out[:, uy0:uy1, ux0:ux1] = torch.where(inside, new, crop)
+        changed = (new != crop).any(0) & inside
+        for i, (rec, box) in enumerate(zip(records, boxes)):
+            x0, y0, x1, y1 = box
+            if not changed[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0][masks[i, y0:y1, x0:x1]].any():
+                dtype = str(image.dtype).removeprefix("torch.")
+                raise InsertionError(
+                    f"nodule {i} (contrast={rec.contrast:g}, diameter {rec.diameter_px:g} px at center_xy={rec.center_xy}) changed no pixel "
+                    f"of this {dtype} image: the synthesised change is below the {dtype} resolution of the image's window "
+                    f"[{cut.lo:g}, {cut.hi:g}] or lies beyond its value range {value_limits(image)}; a box there would label "
+                    "nothing, so use a larger contrast"
+                )
     return InsertionResult(out, masks, torch.tensor(boxes, dtype=torch.float32, device=device).reshape(-1, 4), out_records)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from cxr_nodule_aug.functional.placement import InsertionError
+
 INTEGER_DTYPES = (torch.uint8, torch.int16, torch.uint16, torch.int32)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _WINDOW_QUANTILES = (0.001, 0.999)
@@ -33,7 +35,8 @@ def check_image(image: torch.Tensor, name: str = "image") -> None:
 
 def value_limits(image: torch.Tensor) -> tuple[float, float]:
     """The range the output must stay in: the dtype's range for integers; for floats [0, 1]
-    when the image lies in it, else the image's own min and max."""
+    when the image lies in it, else the image's own min and max (a float image has no range
+    of its own: a nodule never brightens past the brightest pixel already there)."""
     if not image.is_floating_point():
         info = torch.iinfo(image.dtype)
         return float(info.min), float(info.max)
@@ -56,14 +59,26 @@ def to_working(image: torch.Tensor) -> tuple[torch.Tensor, float, float]:
     if hi - lo <= 1e-6 * max(abs(hi), 1.0):
         lo, hi = float(gray.min()), float(gray.max())
         if hi - lo <= 1e-6 * max(abs(hi), 1.0):
-            raise ValueError("image is constant: there is no anatomy to insert a nodule into")
+            raise InsertionError("image is constant: there is no anatomy to insert a nodule into")
     return gray.sub(lo).div_(hi - lo), lo, hi  # a new tensor: the input is never written
 
 
-def from_working(image: torch.Tensor, delta: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """``image`` plus a working-space change ``delta`` (H, W), in the image's dtype and range."""
-    vmin, vmax = value_limits(image)
-    out = image.float() + (delta * (hi - lo))[None]
+def compute_dtype(image: torch.Tensor) -> torch.dtype:
+    """The float type that holds every value of ``image`` exactly: float64 for float64 and
+    int32 (whose values float32 rounds beyond 2^24), else float32."""
+    return torch.float64 if image.dtype in (torch.float64, torch.int32) else torch.float32
+
+
+def from_working(image: torch.Tensor, delta: torch.Tensor, lo: float, hi: float, limits: tuple[float, float] | None = None) -> torch.Tensor:
+    """``image`` plus a working-space change ``delta`` (H, W), in the image's dtype and range.
+
+    ``limits``: the clamp range, default :func:`value_limits` of ``image``; pass the whole
+    image's when ``image`` is a crop of it. Where ``delta`` is 0 the result equals ``image``
+    bit for bit (the sum is computed in a float type that holds every input value).
+    """
+    vmin, vmax = value_limits(image) if limits is None else limits
+    work = compute_dtype(image)
+    out = image.to(work) + (delta.to(work) * (hi - lo))[None]
     out = out.clamp(vmin, vmax)
     if not image.is_floating_point():
         out = out.round()

@@ -7,8 +7,49 @@ import math
 import torch
 
 
-class PlacementError(ValueError):
+class InsertionError(ValueError):
+    """This image cannot receive the requested nodules (no room, no anatomy, no visible change).
+
+    The errors that ``NoduleInpaint(on_failure="skip")`` turns into an unaugmented sample;
+    invalid arguments and malformed samples raise plain ``ValueError``/``TypeError`` always.
+    """
+
+
+class PlacementError(InsertionError):
     """No position satisfies the placement constraints (never a silent skip)."""
+
+
+def max_equivalent_diameter(h: int, w: int) -> float:
+    """The largest equivalent diameter any mask inside an ``h`` x ``w`` box can measure.
+
+    A mask's pixel coordinates inside the box vary by at most half its side along each axis,
+    so the eigenvalues of their covariance sum to at most (h^2 + w^2) / 4, and the diameter
+    2 (sqrt(l1) + sqrt(l2)) is at most sqrt(2 (h^2 + w^2)) (a disc of diameter d has a d x d
+    box; a filled square of side s measures 1.15 s).
+    """
+    return math.sqrt(2 * (h * h + w * w))
+
+
+def _bbox_hw_of(mask: torch.Tensor) -> tuple[int, int]:
+    """(h, w) of the bounding box of a non-empty (H, W) mask."""
+    rows = torch.nonzero(mask.any(1)).flatten()
+    cols = torch.nonzero(mask.any(0)).flatten()
+    return int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1
+
+
+def check_diameters_fit(diameters_px: list[float], h: int, w: int, where: str) -> None:
+    """Refuse, before any shape is generated, a diameter no shape could have inside an
+    ``h`` x ``w`` region (the lung mask's bounding box, or the image).
+
+    The size modulation may deliver max(1 px, 10 %) less than asked, hence the margin.
+    """
+    limit = 1.1 * max_equivalent_diameter(h, w) + 1.0
+    for i, d in enumerate(diameters_px):
+        if not d <= limit:
+            raise PlacementError(
+                f"nodule {i} with diameter {d:g} px cannot fit {where} ({h}x{w} px): no shape of that equivalent diameter "
+                f"fits a {h}x{w} box (largest possible: {limit:.0f} px); use a smaller diameter (or check unit= and the pixel spacing)"
+            )
 
 
 def _window_all(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:

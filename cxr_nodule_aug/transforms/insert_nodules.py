@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,15 @@ class InsertNodules(NoduleTransformBase):
     The lung mask is not consulted: the record says where the nodule goes. Boxes, labels,
     masks and records are appended to the target as ``NoduleInpaint`` does. Pass the same
     ``compile_texture`` as the transform that made the records for a bit-exact replay.
+
+    Records the input target already lists under ``nodules`` are in its pixels already and are
+    not inserted again: ``out["nodules"]`` holds the input's earlier records followed by the new
+    ones, and ``InsertNodules(out["nodules"])`` applied to that same input inserts only the new
+    ones, so it reproduces ``out`` whether or not the input had records. (Records are matched
+    on ``center_xy``, ``diameter_px``, ``seed``, ``contrast`` and ``label``, each earlier
+    record once.) Every other record given is inserted, all in one pass: records made by a
+    chain of transforms replay bit for bit link by link, while in one pass a later nodule's
+    texture sees a context without the earlier ones.
     """
 
     def __init__(
@@ -52,10 +62,25 @@ class InsertNodules(NoduleTransformBase):
         return f"{len(self.records)} records"
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        image, _ = flat_inputs
+        image, target = flat_inputs
         H, W = image.shape[-2:]
         for i, r in enumerate(self.records):
             x, y = r.center_xy
             if not (0 <= x < W and 0 <= y < H):
                 raise ValueError(f"records[{i}].center_xy={r.center_xy} lies outside the {W}x{H} image")
-        return {"records": list(self.records)}
+        present = Counter(_key(r) for r in target.get(self.records_key) or [])
+        todo = []
+        for r in self.records:
+            if present[_key(r)] > 0:
+                present[_key(r)] -= 1  # already in the input's pixels
+            else:
+                todo.append(r)
+        return {"records": todo}
+
+
+def _key(record: NoduleRecord | Mapping[str, Any]) -> tuple:
+    if isinstance(record, Mapping):
+        record = NoduleRecord.from_dict(dict(record))
+    if not isinstance(record, NoduleRecord):
+        raise TypeError(f"the target's records must be NoduleRecord or dicts, got {type(record).__name__}")
+    return (tuple(record.center_xy), float(record.diameter_px), int(record.seed), float(record.contrast), int(record.label))

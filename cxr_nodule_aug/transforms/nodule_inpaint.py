@@ -9,6 +9,8 @@ from typing import Any
 import torch
 
 from cxr_nodule_aug.functional.insertion import nodule_footprints, place_nodules
+from cxr_nodule_aug.functional.intensity import to_working
+from cxr_nodule_aug.functional.placement import _bbox_hw_of, check_diameters_fit
 from cxr_nodule_aug.records import NoduleRecord
 from cxr_nodule_aug.samplers.base import IntUniform, as_sampler, draw
 from cxr_nodule_aug.transforms._base import ModelSpec, NoduleTransformBase
@@ -54,6 +56,14 @@ class NoduleInpaint(NoduleTransformBase):
             one nodule a call and 1.4x at 4-8 (``benchmarks/throughput.py``), after ~20 s of
             compiling per process (less with inductor's on-disk cache); outputs move by ~1e-5,
             so replay the records with ``InsertNodules(..., compile_texture=True)`` too.
+        on_failure: ``"raise"`` (default) or ``"skip"``. What to do with a sample that cannot
+            receive its nodules (:class:`InsertionError`: no room in the lungs, a nodule larger
+            than the lungs, a constant image, an empty lung mask, a contrast too small to
+            change a pixel). ``"skip"`` returns the sample unaugmented with no label added,
+            counts it in ``skipped`` and logs a warning (logger ``cxr_nodule_aug``) naming the
+            image; an online-augmentation run then survives its hard images. Invalid arguments
+            and malformed samples raise in both modes. Either way the error names the image
+            (``target["image_id"]`` or a similar key, else its shape).
 
     Sample keys (names configurable): ``boxes`` (the one ``tv_tensors.BoundingBoxes``, any
     axis-aligned format), ``labels``, optional ``masks`` (N, H, W), ``lung_mask`` (H, W),
@@ -78,8 +88,11 @@ class NoduleInpaint(NoduleTransformBase):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         compile_texture: bool = False,
+        on_failure: str = "raise",
         **keys: str,
     ) -> None:
+        if on_failure not in ("raise", "skip"):
+            raise ValueError(f"on_failure must be 'raise' or 'skip', got {on_failure!r}")
         if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
         if unit is None:
@@ -107,12 +120,31 @@ class NoduleInpaint(NoduleTransformBase):
         self.default_spacing = pixel_spacing_mm
         self.gap_px = int(gap_px)
         self.generator = generator
+        self.on_failure = on_failure
         self._worker_key: tuple[int, int] | None = None
         if self.unit == "mm" and pixel_spacing_mm is not None:
             self.pixel_spacing_mm({}, pixel_spacing_mm)  # validate now
 
     def extra_repr(self) -> str:
-        return f"diameters={self.diameters!r}, unit={self.unit!r}, num_nodules={self.num_nodules!r}, p={self.p}, label={self.label}"
+        return f"diameters={self.diameters!r}, unit={self.unit!r}, num_nodules={self.num_nodules!r}, p={self.p}, label={self.label}, on_failure={self.on_failure!r}"
+
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        # Whatever the draw of p decides: a sample this transform could never augment is refused.
+        super().check_inputs(flat_inputs)
+        _, target = flat_inputs
+        if self.unit == "mm" and self.pixel_spacing_mm(target, self.default_spacing) is None:
+            raise ValueError(
+                f"diameters are in mm but the pixel spacing is unknown: put (row_mm, col_mm) in "
+                f"target[{self.pixel_spacing_key!r}] or pass pixel_spacing_mm=..."
+            )
+        image, _ = flat_inputs
+        self.target_lung_mask(image, target)  # an empty lung mask: nowhere to place a nodule
+        if target.get(self.lung_mask_key) is None and self.lung_model is None:
+            raise ValueError(
+                f"the sample has no lung mask (target[{self.lung_mask_key!r}]) and no lung model is configured: "
+                f"nodules are never placed blindly. Add a tv_tensors.Mask of shape (H, W) as target[{self.lung_mask_key!r}], "
+                "or pass lung_model=... (or weights=... that include a 'lung' model)"
+            )
 
     def _rng(self) -> torch.Generator | None:
         if self.generator is None:
@@ -152,6 +184,10 @@ class NoduleInpaint(NoduleTransformBase):
         diameters_px = [round(d, 4) for d in sizes.tolist()]
         device = self.work_device(image)
         lung, working = self.lung_mask_and_working(image, target)
+        if working is None:  # the window, now: a constant image fails before any model runs
+            working = to_working(image.to(device))
+        # A nodule no shape of that size could fit in the lungs is refused before any work.
+        check_diameters_fit(diameters_px, *_bbox_hw_of(lung), "the lung mask's bounding box")
         self._models_to(device)
         shapes = self.shape_model.generate(seeds, device=device)
         for seed, shape in zip(seeds, shapes):
