@@ -26,10 +26,11 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+import cxr_nodule_aug
 from cxr_nodule_aug.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+PACKAGE_ROOT = Path(cxr_nodule_aug.__file__).resolve().parent.parent  # the tree under test (subprocesses import the same)
+ENV = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,10 +41,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def kill_midway(argv: list[str], started: Callable[[], bool], timeout: float = 600) -> None:
+def kill_midway(argv: list[str], started: Callable[[], bool], timeout: float = 600) -> int:
     """Run the command in a subprocess and SIGKILL it as soon as ``started()`` is true; the
-    command must not have finished by itself."""
-    proc = subprocess.Popen([sys.executable, "-m", "cxr_nodule_aug.cli", *argv], cwd=REPO, env=ENV,
+    command must not have finished by itself. Returns the killed process's id."""
+    proc = subprocess.Popen([sys.executable, "-m", "cxr_nodule_aug.cli", *argv], cwd=PACKAGE_ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     try:
@@ -54,12 +55,21 @@ def kill_midway(argv: list[str], started: Callable[[], bool], timeout: float = 6
                 pytest.fail("the command wrote nothing to interrupt in time")
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
-        print(f"killed {argv[0]} while writing a file: {any_temp_file(argv)}")
     finally:
         proc.kill()
         proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
+    print(f"killed {argv[0]} while writing a file: {any_temp_file(argv)}")
+    return proc.pid
+
+
+def half_written(path: Path, pid: int) -> None:
+    """What a process ``pid`` killed inside ``atomic_write(path, ...)`` leaves: the first bytes
+    under the temporary name. Catching a kill inside a write takes luck (writes last
+    milliseconds), so the tests also leave one on purpose."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_name(f".{path.name}.{pid}.tmp").write_bytes(b"\x89PNG\r\n\x1a\n half")
 
 
 def any_temp_file(argv: list[str]) -> bool:
@@ -100,7 +110,8 @@ def sim_runs(tmp_path_factory) -> tuple[Path, Path]:
     killed, whole = root / "killed", root / "whole"
     # Killed while writing a file after the first image, or at the latest once three of four are done.
     records = lambda: count(killed / "records", "*.json")  # noqa: E731
-    kill_midway(["sim", *SIM, "--out", str(killed)], lambda: (records() >= 1 and writing(killed)) or records() >= 3)
+    pid = kill_midway(["sim", *SIM, "--out", str(killed)], lambda: (records() >= 1 and writing(killed)) or records() >= 3)
+    half_written(killed / "images" / "simcxr_000003.png", pid)
     assert not json.loads((killed / "manifest.json").read_text())["complete"]
     assert count(killed / "records", "*.json") < 4
     assert main(["sim", *SIM, "--out", str(killed)]) == 0
@@ -120,7 +131,8 @@ def test_synthesize(sim_runs, tmp_path):
     argv = ["synthesize", "--data", str(source), "--count", "5", "--diameters", "4,8", "--unit", "px", "--seed", "2", "--no-progress"]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     parts = lambda: count(killed / ".parts", "*.json")  # noqa: E731
-    kill_midway([*argv, "--out", str(killed)], lambda: (parts() >= 1 and writing(killed)) or parts() >= 4)
+    pid = kill_midway([*argv, "--out", str(killed)], lambda: (parts() >= 1 and writing(killed)) or parts() >= 4)
+    half_written(killed / "images" / "synth_000004_x.png", pid)
     assert not (killed / "metadata.csv").exists() and count(killed / ".parts", "*.json") < 5
     assert main([*argv, "--out", str(killed)]) == 0
     assert main([*argv, "--out", str(whole)]) == 0
@@ -143,7 +155,8 @@ def test_lungs(sim_runs, tmp_path):
     argv = ["lungs", "--data", str(data), "--dataset", "node21", "--no-progress"]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     masks = lambda: count(killed, "*.png")  # noqa: E731
-    kill_midway([*argv, "--out", str(killed)], lambda: (masks() >= 1 and writing(killed)) or masks() >= 6)
+    pid = kill_midway([*argv, "--out", str(killed)], lambda: (masks() >= 1 and writing(killed)) or masks() >= 6)
+    half_written(killed / names[-1], pid)
     assert count(killed, "*.png") < len(names)
     assert main([*argv, "--out", str(killed)]) in (0, 3)
     assert main([*argv, "--out", str(whole)]) in (0, 3)
@@ -173,6 +186,7 @@ def test_train_shape(tmp_path):
 
     kill_midway(["train", "shape", f"data={data}", f"out={killed}", *tiny], lambda: logged(4))  # mid-epoch: 8 masks, 2 batches of 3
     assert not (killed / "model").exists()
+    (killed / "checkpoint.tmp").write_bytes(b"half a checkpoint")  # a kill inside save_checkpoint's torch.save
     assert main(["train", "shape", f"data={data}", f"out={killed}", *tiny]) == 0
     assert main(["train", "shape", f"data={data}", f"out={whole}", *tiny]) == 0
     # The sample grids and the model config are the same files; the log differs only in its wall
