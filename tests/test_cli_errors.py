@@ -20,9 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
+import cxr_nodule_aug
 from cxr_nodule_aug.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(cxr_nodule_aug.__file__).resolve().parent.parent  # the tree under test (subprocesses import the same)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
@@ -227,10 +228,10 @@ def test_a_runtime_failure_is_exit_1_and_debug_shows_the_traceback(tmp_path, cap
 
 def test_the_installed_command_exits_with_the_status(tmp_path):
     """The process itself: status 2 and one stderr line; with --debug the traceback."""
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "cxr_nodule_aug.cli", "sim", "--nodule", "1", "--size", "0", "--out", str(tmp_path / "o")]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=PACKAGE_ROOT, timeout=300)
     assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout)
     assert r.stderr.strip().splitlines() == ["cxr-nodule-aug sim: error: argument --size: '0': expected a whole number >= 16 (see 'cxr-nodule-aug sim --help')"]
-    r = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, env=env, cwd=PACKAGE_ROOT, timeout=300)
     assert r.returncode != 0 and "Traceback" in r.stderr and "UsageError" in r.stderr, r.stderr[-2000:]

@@ -163,6 +163,8 @@ def test_nodule_free_only_uses_the_twins(tiny_export, tmp_path):
     (["--count", "2", "--diameters", "missing.json"], "--diameters"),
     (["--count", "2", "--num-nodules", "0"], "--num-nodules"),
     (["--count", "2", "--dataset", "jsrt"], "--dataset"),
+    (["--count", "2", "--unit", "px", "--diameters", "5000"], "--diameters 5000 --unit px: a 5000 px nodule cannot fit in the lung field"),
+    (["--count", "2", "--diameters", "4,400"], "--diameters 4,400 --unit mm: a 400 mm nodule cannot fit in the lung field"),
 ])
 def test_bad_arguments_name_the_argument(tiny_export, tmp_path, extra, needle):
     r = _synth(tiny_export, tmp_path / "o", *extra)

@@ -225,28 +225,25 @@ def check_diameters_fit(args: argparse.Namespace, dataset: Any, source_index: in
 
     import torch
 
-    lo, hi, unit, asked = _diameter_range(args)
+    _, hi, unit, asked = _diameter_range(args)
     image, target = dataset[source_index]
     source_id = str(target.get("image_id", source_index))
     H, W = (int(v) for v in image.shape[-2:])
-    hi_px = hi
+    lung = target.get("lung_mask")
+    area_px = int(torch.as_tensor(lung).bool().sum()) if lung is not None else H * W
+    where = f"the lung field ({area_px} px)" if lung is not None else "the image"
+    px_area_mm2 = 1.0
     if unit == "mm":
         spacing = target.get("pixel_spacing_mm")
         if spacing is None:
             raise UsageError(f"{asked}: diameters in mm need the pixel spacing, and source image {source_id!r} has none; "
                              "give the diameters in pixels with --unit px")
-        mm_per_px = float(torch.as_tensor(spacing, dtype=torch.float64).flatten().min())
-        hi_px = hi / mm_per_px
-    lung = target.get("lung_mask")
-    if lung is not None:
-        area, where = int(torch.as_tensor(lung).bool().sum()), f"the lung field ({int(torch.as_tensor(lung).bool().sum())} px)"
-    else:
-        area, where = H * W, "the image"
-    largest = 2 * math.sqrt(area / math.pi)
-    if hi_px > largest:
-        fits = largest if unit == "px" else largest * mm_per_px
-        raise UsageError(f"{asked}: a {hi_px:.0f} px nodule cannot fit in {where} of source image {source_id!r} ({W} x {H} px); "
-                         f"diameters must stay below {fits:.1f} {unit}")
+        mm = torch.as_tensor(spacing, dtype=torch.float64).flatten()  # (row, col), or one value for both
+        px_area_mm2 = float(mm[0] * mm[-1])
+    largest = 2 * math.sqrt(area_px * px_area_mm2 / math.pi)  # in the unit asked
+    if hi > largest:
+        raise UsageError(f"{asked}: a {hi:g} {unit} nodule cannot fit in {where} of source image {source_id!r} ({W} x {H} px); "
+                         f"diameters must stay below {largest:.1f} {unit}")
 
 
 # -- the work ------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from cxr_nodule_aug.io.writers import atomic_write
+
 C = TypeVar("C")
 log = logging.getLogger(__name__)
 
@@ -336,7 +338,8 @@ class MetricsLog:
         if not self.enabled or not self.path.exists():
             return
         rows = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(r + "\n" for r in rows))
+        # Atomic: a kill during the rewrite must not lose the rows before the checkpoint.
+        atomic_write(self.path, "".join(r + "\n" for r in rows).encode())
 
     def write(self, step: int, **metrics: float) -> None:
         if not self.enabled:
