@@ -119,3 +119,12 @@ def test_cli_takes_jsrt_and_chestxray14_and_gives_cli_fixes(tmp_path, capsys):
               "--out", str(tmp_path / "out")])
     message = str(info.value.code)
     assert "--unit px" in message and "record no pixel spacing" in message and "pixel_spacing_mm=" not in message
+    # train detector's online augmentation in mm on the same data: the config key that fixes it
+    code = None
+    try:
+        code = main(["train", "detector", f"data={root}", "dataset=chestxray14", "augment_p=0.5", "image_size=64",
+                     "backbone=resnet18", "imagenet=false", f"out={tmp_path / 'det'}", "steps=1"])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err + (code if isinstance(code, str) else "")
+    assert code not in (0, None) and "augment_unit=px" in err and "record no pixel spacing" in err

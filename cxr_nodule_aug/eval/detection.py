@@ -141,9 +141,9 @@ def _name_mismatch(missing: list, extra: list) -> str:
                 "(give an empty prediction for an image without boxes)")
     if extra and not missing:
         return f"predictions has image(s) {extra[:5]!r} that are not in targets"
-    return (f"predictions and targets name different images: the ground truth has {missing[:3]!r} "
-            f"({len(missing)} without a prediction), the predictions {extra[:3]!r} ({len(extra)} not in the ground truth); "
-            "the predictions' image names must be the ground truth's, in slice order")
+    return (f"predictions has no entry for image(s) {missing[:3]!r} present in targets ({len(missing)} in all), "
+            f"and has image(s) {extra[:3]!r} that are not in targets ({len(extra)} in all): the predictions' image "
+            "names must be the ground truth's, in slice order")
 
 
 def _pair_inputs(predictions: Any, targets: Any) -> tuple[list[str], list[Mapping], list[Mapping]]:
