@@ -561,3 +561,15 @@ def test_replay_does_not_consult_the_lung_mask_but_checks_its_size():
     assert len(out_tgt["boxes"]) == 2
     with pytest.raises(ValueError, match="lung_mask.*must be"):
         tf(tv_tensors.Image(make_image()), {**make_target(), "lung_mask": tv_tensors.Mask(torch.ones(3, 3, dtype=torch.bool))})
+
+
+def test_float64_output_stays_inside_the_input_range_at_the_clamp():
+    # [-0.3, 0.1] is not [0, 1]: the input's own range is the clamp range. Neither end is a
+    # float32 number, so a clamp computed in float32 lands outside it.
+    g = torch.Generator().manual_seed(4)
+    image = -0.3 + 0.4 * torch.rand(1, 128, 128, generator=g, dtype=torch.float64)
+    image[0, 0, 0], image[0, 0, 1] = -0.3, 0.1
+    out_img, out_tgt = make_tf(contrast=60.0, num_nodules=2)(tv_tensors.Image(image), make_target(masks=True))
+    assert len(out_tgt["boxes"]) == 3
+    assert float(out_img.min()) >= -0.3 and float(out_img.max()) <= 0.1
+    assert (out_img == 0.1).any() or (out_img == -0.3).any()  # the clamp was reached

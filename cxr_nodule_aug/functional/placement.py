@@ -30,7 +30,7 @@ def max_equivalent_diameter(h: int, w: int) -> float:
     return math.sqrt(2 * (h * h + w * w))
 
 
-def _bbox_hw_of(mask: torch.Tensor) -> tuple[int, int]:
+def mask_bbox_hw(mask: torch.Tensor) -> tuple[int, int]:
     """(h, w) of the bounding box of a non-empty (H, W) mask."""
     rows = torch.nonzero(mask.any(1)).flatten()
     cols = torch.nonzero(mask.any(0)).flatten()

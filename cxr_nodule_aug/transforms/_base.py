@@ -176,6 +176,15 @@ class NoduleTransformBase(v2.Transform):
             raise InsertionError(f"{key} is empty (all zeros): there is no lung to place a nodule in")
         return mask
 
+    def require_lung_model(self) -> None:
+        """Raise unless a lung model can stand in for a sample's missing lung mask."""
+        if self.lung_model is None:
+            raise ValueError(
+                f"the sample has no lung mask (target[{self.lung_mask_key!r}]) and no lung model is configured: "
+                f"nodules are never placed blindly. Add a tv_tensors.Mask of shape (H, W) as target[{self.lung_mask_key!r}], "
+                "or pass lung_model=... (or weights=... that include a 'lung' model)"
+            )
+
     def lung_mask_and_working(self, image: torch.Tensor, target: Mapping[str, Any]) -> tuple[torch.Tensor, Working | None]:
         """:meth:`lung_mask`, and ``to_working(image)`` on the work device when the lung model
         needed it (``None`` otherwise), so that insertion does not compute the image-wide
@@ -184,12 +193,7 @@ class NoduleTransformBase(v2.Transform):
         mask = self.target_lung_mask(image, target)
         if mask is not None:
             return mask, None
-        if self.lung_model is None:
-            raise ValueError(
-                f"the sample has no lung mask (target[{self.lung_mask_key!r}]) and no lung model is configured: "
-                f"nodules are never placed blindly. Add a tv_tensors.Mask of shape (H, W) as target[{self.lung_mask_key!r}], "
-                "or pass lung_model=... (or weights=... that include a 'lung' model)"
-            )
+        self.require_lung_model()
         self._models_to(device)
         working = to_working(image.to(device))
         mask = self.lung_model.predict_mask(working[0].clamp(0, 1)[None, None])[0]

@@ -10,7 +10,7 @@ import torch
 
 from cxr_nodule_aug.functional.insertion import nodule_footprints, place_nodules
 from cxr_nodule_aug.functional.intensity import to_working
-from cxr_nodule_aug.functional.placement import _bbox_hw_of, check_diameters_fit
+from cxr_nodule_aug.functional.placement import check_diameters_fit, mask_bbox_hw
 from cxr_nodule_aug.records import NoduleRecord
 from cxr_nodule_aug.samplers.base import IntUniform, as_sampler, draw
 from cxr_nodule_aug.transforms._base import ModelSpec, NoduleTransformBase
@@ -138,13 +138,8 @@ class NoduleInpaint(NoduleTransformBase):
                 f"target[{self.pixel_spacing_key!r}] or pass pixel_spacing_mm=..."
             )
         image, _ = flat_inputs
-        self.target_lung_mask(image, target)  # an empty lung mask: nowhere to place a nodule
-        if target.get(self.lung_mask_key) is None and self.lung_model is None:
-            raise ValueError(
-                f"the sample has no lung mask (target[{self.lung_mask_key!r}]) and no lung model is configured: "
-                f"nodules are never placed blindly. Add a tv_tensors.Mask of shape (H, W) as target[{self.lung_mask_key!r}], "
-                "or pass lung_model=... (or weights=... that include a 'lung' model)"
-            )
+        if self.target_lung_mask(image, target) is None:  # (an empty one: nowhere to place a nodule)
+            self.require_lung_model()
 
     def _rng(self) -> torch.Generator | None:
         if self.generator is None:
@@ -173,12 +168,7 @@ class NoduleInpaint(NoduleTransformBase):
         contrasts = draw(self.contrast, n, g, "contrast")
         seeds = torch.randint(0, _SEED_HIGH, (n,), generator=g).tolist()
         spacing = self.pixel_spacing_mm(target, self.default_spacing)
-        if self.unit == "mm":
-            if spacing is None:
-                raise ValueError(
-                    f"diameters are in mm but the pixel spacing is unknown: put (row_mm, col_mm) in "
-                    f"target[{self.pixel_spacing_key!r}] or pass pixel_spacing_mm=..."
-                )
+        if self.unit == "mm":  # (check_inputs made sure the spacing is known)
             sizes = sizes / ((spacing[0] + spacing[1]) / 2)
         # Rounded once here so that a replay from the records rebuilds the same footprints.
         diameters_px = [round(d, 4) for d in sizes.tolist()]
@@ -187,7 +177,7 @@ class NoduleInpaint(NoduleTransformBase):
         if working is None:  # the window, now: a constant image fails before any model runs
             working = to_working(image.to(device))
         # A nodule no shape of that size could fit in the lungs is refused before any work.
-        check_diameters_fit(diameters_px, *_bbox_hw_of(lung), "the lung mask's bounding box")
+        check_diameters_fit(diameters_px, *mask_bbox_hw(lung), "the lung mask's bounding box")
         self._models_to(device)
         shapes = self.shape_model.generate(seeds, device=device)
         for seed, shape in zip(seeds, shapes):
