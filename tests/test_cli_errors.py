@@ -41,7 +41,7 @@ def unwritable(tmp_path: Path) -> Path:
     if Path("/proc/self").is_dir():
         return Path("/proc/cxr-nodule-aug-test/out")
     ro = tmp_path / "read-only"
-    ro.mkdir()
+    ro.mkdir(exist_ok=True)
     ro.chmod(0o500)
     return ro / "out"
 
@@ -195,6 +195,20 @@ def test_synthesize_refuses_a_nodule_that_cannot_fit_before_loading_models(one_i
 def test_synthesize_bad_values(one_image_node21, tmp_path, capsys, args, needle):
     rc, err = run_cli(capsys, "synthesize", "--data", one_image_node21, "--dataset", "node21", "--out", tmp_path / "s", *args)
     assert rc == 2 and needle in err, err
+
+
+# -- the other commands' paths (survey) --------------------------------------------------------------
+def test_lungs_and_export_paths(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    rc, err = run_cli(capsys, "lungs", "--data", data, "--out", unwritable(tmp_path))
+    assert rc == 2 and "cxr-nodule-aug lungs: error: --out" in err and "not writable" in err, err
+    rc, err = run_cli(capsys, "export", tmp_path, "--name", "../shape", "--weights-dir", tmp_path / "w")
+    assert rc == 2 and "argument --name: '../shape': expected a folder name" in err, err
+    rc, err = run_cli(capsys, "export", tmp_path, "--name", "shape", "--weights-dir", unwritable(tmp_path))
+    assert rc == 2 and "argument --weights-dir:" in err and "not writable" in err, err
+    rc, err = run_cli(capsys, "export", tmp_path, "--name", "shape", "--weights-dir", tmp_path / "w")
+    assert rc == 2 and "holds no trained model" in err, err
 
 
 # -- the contract itself ---------------------------------------------------------------------------

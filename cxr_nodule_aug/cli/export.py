@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from cxr_nodule_aug.cli.arguments import existing_file
+from cxr_nodule_aug.cli.arguments import existing_file, output_dir
 from cxr_nodule_aug.cli.errors import UsageError
 
 INTENDED_USE = {
@@ -36,10 +36,16 @@ LIMITS = (
 )
 
 
+def _folder_name(text: str) -> str:
+    if not text or text in (".", "..") or "/" in text or "\\" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a folder name such as shape, texture or lung (no path)")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="training run directory (holds model/, config.yaml, metrics.jsonl)")
-    parser.add_argument("--name", required=True, help="subfolder of the weights directory, e.g. shape, texture, lung")
-    parser.add_argument("--weights-dir", type=Path, default=Path("weights"))
+    parser.add_argument("--name", required=True, type=_folder_name, help="subfolder of the weights directory, e.g. shape, texture, lung")
+    parser.add_argument("--weights-dir", type=output_dir, default=Path("weights"))
     parser.add_argument("--data-note", default=DATA_NOTE, help="what data trained it (goes into the model card)")
     parser.add_argument("--extra-metrics", type=existing_file, default=None, help="JSON file of evaluation metrics to add to the card")
     parser.add_argument("--push-to-hub", default=None, metavar="ORG/NAME", help="also upload to this Hub repo")

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr_nodule_aug.cli.arguments import output_dir
 from cxr_nodule_aug.cli.errors import CommandError, UsageError
 from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
 from cxr_nodule_aug.io import atomic_write, png_bytes, remove_temp_files
@@ -159,8 +160,10 @@ def run(args: argparse.Namespace) -> int:
                     "for other datasets call cxr_nodule_aug.cli.lungs.write_lung_masks(dataset, out, NoduleInpaint()) in Python")
     if not Path(args.data).is_dir():
         raise _fail(f"--data {args.data!r}: no such directory")
-    if out.exists() and not out.is_dir():
-        raise _fail(f"--out {str(out)!r} is a file, not a directory")
+    try:
+        output_dir(str(out))  # not a file, and creatable/writable
+    except argparse.ArgumentTypeError as err:
+        raise _fail(f"--out {err}") from None
     try:
         torch.device(args.device)
     except RuntimeError:
