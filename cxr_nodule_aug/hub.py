@@ -15,7 +15,9 @@ Loading is strict and treats both files as untrusted data:
   are ignored: building a model from a config never reads a pretrained file;
 * the config's types are checked, and the model is first built on the ``meta`` device (no
   memory) and compared with the safetensors header (names, shapes, dtypes) before anything is
-  allocated; a mismatch names the config field that causes it when one can be told;
+  allocated; a mismatch names the config field that causes it when one can be told. The meta
+  model then gets uninitialised storage that the file fills (built for real instead when it
+  keeps tensors a state dict does not set);
 * tensors are never cast (a float16 or int64 file for a float32 model is refused), and
   non-finite values (NaN, inf) are refused, naming the tensor.
 
@@ -239,15 +241,20 @@ class PretrainedMixin:
             raise WeightsError(f"{config_path} holds a {model_type!r}, not a {cls.model_type!r}")
         config.update({k: v for k, v in target_cls.init_only_args.items() if k in config})
         _check_config_types(target_cls, config, config_path)
-        expected = _build(target_cls, config, config_path, device="meta")
-        _check_header(weights_path, expected, config, config_path, target_cls.__name__)
-        model = _build(target_cls, config, config_path, device=None)
+        model = _build(target_cls, config, config_path, device="meta")
+        _check_header(weights_path, model, config, config_path, target_cls.__name__)
+        if _state_dict_sets_every_tensor(model):
+            model = model.to_empty(device=map_location)  # uninitialised: the file overwrites every tensor
+        else:  # e.g. torchvision's anchor generator keeps plain tensors: build it for real
+            model = _build(target_cls, config, config_path, device=None)
         try:
             _load_safetensors(model, str(weights_path), strict=True, device=str(map_location))
         except RuntimeError as err:
             raise WeightsError(f"{weights_path} does not match {target_cls.__name__}{config}: {err}") from err
         for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            # A sum is finite when every value is (one cheap reduction); only a non-finite sum,
+            # which finite values can also overflow to, needs the element-wise check.
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise WeightsError(f"{weights_path}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf); refusing to load it")
         model.to(map_location)
@@ -287,6 +294,22 @@ def _build(cls: type, config: dict[str, Any], config_path: Path, device: str | N
         raise WeightsError(f"{config_path} does not match {cls.__name__}'s arguments: {err}") from err
     except (ValueError, RuntimeError) as err:
         raise WeightsError(f"{config_path}: {cls.__name__}{config} cannot be built: {err}") from err
+
+
+def _state_dict_sets_every_tensor(model: Any) -> bool:
+    """True when loading a state dict sets every tensor ``model`` holds: all its buffers are
+    persistent and no module keeps a tensor outside its parameters and buffers."""
+    saved = set(model.state_dict())
+    if any(name not in saved for name, _ in model.named_buffers()):
+        return False
+    for module in model.modules():
+        for key, value in vars(module).items():
+            if key in ("_parameters", "_buffers", "_modules"):
+                continue
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else (value,)
+            if any(isinstance(item, torch.Tensor) for item in items):
+                return False
+    return True
 
 
 def _blame(config: dict[str, Any], built: tuple[int, ...], stored: tuple[int, ...]) -> list[str]:

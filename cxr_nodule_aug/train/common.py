@@ -221,7 +221,8 @@ class Batches:
     stay as they were. Exact when the loader has a ``generator`` and, with workers, when they
     are not persistent (persistent workers keep one seed across epochs: after a resume in a
     later epoch the worker-side draws, and the shuffle, are those of a restarted epoch).
-    ``sampler``: a ``DistributedSampler``, given its epoch before each one.
+    ``sampler``: a ``DistributedSampler``, given its epoch before each one. Cost: a resume
+    loads (and augments) up to one epoch's batches again before training continues.
     """
 
     def __init__(self, loader: Any, sampler: Any = None, *, state: Mapping[str, Any] | None = None, step: int = 0) -> None:
@@ -235,6 +236,8 @@ class Batches:
             generator = getattr(loader, "generator", None)
             if state.get("generator") is not None and generator is not None:
                 generator.set_state(state["generator"].cpu())
+            if skip:
+                log.info("resuming in epoch %d: redrawing its first %d batches (not trained on) to reach the checkpoint's position", self.epoch, skip)
             with rng_preserved():
                 self._start()
                 for _ in range(skip):
