@@ -67,15 +67,16 @@ def thorax_region(shape: tuple[int, int]) -> np.ndarray:
     return np.array(canvas, dtype=bool)
 
 
-def masks(model: LungSegmenter, gray: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The ``old`` and ``new`` post-processing of one (H, W) working image in [0, 1]."""
+def masks(model: LungSegmenter, gray: torch.Tensor, **clean: float) -> dict[str, torch.Tensor]:
+    """The ``old`` and ``new`` post-processing of one (H, W) working image in [0, 1]; ``clean``:
+    keyword arguments of ``predict_mask`` (default: its defaults)."""
     x = gray.clamp(0, 1)[None, None]
     h, w = gray.shape
     with torch.inference_mode():
         raw = model._probability_at_input_size(x)[0, 0] > 0.5
     old = largest_components(raw, keep=2, min_fraction=0.1)
     old = F.interpolate(old[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0] >= 0.5
-    return {"old": old, "new": model.predict_mask(x)[0]}
+    return {"old": old, "new": model.predict_mask(x, **clean)[0]}
 
 
 def describe(mask: np.ndarray, thorax: np.ndarray) -> dict[str, object]:
@@ -97,7 +98,7 @@ def describe(mask: np.ndarray, thorax: np.ndarray) -> dict[str, object]:
     return out
 
 
-def simcxr_dice(model: LungSegmenter, root: Path) -> dict[str, float]:
+def simcxr_dice(model: LungSegmenter, root: Path, **clean: float) -> dict[str, float]:
     from cxr_nodule_aug.datasets import SimCXRDataset
 
     ds = SimCXRDataset(root)
@@ -106,7 +107,7 @@ def simcxr_dice(model: LungSegmenter, root: Path) -> dict[str, float]:
         image, target = ds[i]
         truth = target["lung_mask"].as_subclass(torch.Tensor).bool()
         gray = to_working(image.as_subclass(torch.Tensor))[0]
-        for key, m in masks(model, gray).items():
+        for key, m in masks(model, gray, **clean).items():
             scores[key].append(float(2 * (m & truth).sum() / (m.sum() + truth.sum()).clamp(min=1)))
     return {f"dice_{k}": round(float(np.mean(v)), 4) for k, v in scores.items()} | {"images": len(ds), "dice_new_min": round(min(scores["new"]), 4)}
 
@@ -136,21 +137,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/lung_check_rg1.png"))
     ap.add_argument("--panels", default="", help="comma-separated NAME:old|new panels to draw (default: every row)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--open-fraction", type=float, help="predict_mask's open_fraction for the new rows (default: its default)")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     image = rg1_image()
     gray = to_working(image)[0].clamp(0, 1)
     thorax = thorax_region(tuple(gray.shape))
+    clean = {} if args.open_fraction is None else {"open_fraction": args.open_fraction}
     result, drawn = {}, []
     for spec in args.weights or ["shipped=weights/lung"]:
         name, _, directory = spec.partition("=")
         model = LungSegmenter.from_pretrained(directory).eval()
-        for post, m in masks(model, gray).items():
+        for post, m in masks(model, gray, **clean).items():
             key = f"{name}:{post}"
             result[key] = describe(m.numpy(), thorax)
             drawn.append((key, m.numpy()))
         if args.simcxr:
-            result[name] = simcxr_dice(model, args.simcxr)
+            result[name] = simcxr_dice(model, args.simcxr, **clean)
     wanted = [p for p in args.panels.split(",") if p]
     draw(gray.numpy(), [(k, m) for k, m in drawn if not wanted or k in wanted], thorax, args.out)
     text = json.dumps(result, indent=1)

@@ -32,6 +32,18 @@ def test_a_thin_spike_into_the_neck_is_cut():
     assert (out & ~lung).sum() <= 6
 
 
+def test_a_thin_recess_below_the_lung_centre_stays():
+    """Costophrenic recesses are thin by anatomy: only thin parts above a lung's centre go."""
+    m = two_lungs()
+    m[110:125, 12:16] = True  # 4 px wide, down from the right lung's lateral base
+    m[5:30, 100:104] = True  # 4 px wide, up from the left lung's top
+    m[26:30, 80:83] = True  # a 4 x 3 px bump on its top: thin but short, not a spike
+    out = clean_lung_mask(m)
+    assert out[110:125, 12:16].all()
+    assert not out[5:28, 100:104].any()
+    assert out[27:30, 81].all()
+
+
 def test_one_lung_per_side_and_strays_dropped():
     m = two_lungs()
     m[0:12, 0:12] = True  # a blob in the shoulder, left half, separate from the lung
@@ -77,11 +89,12 @@ def test_bad_arguments_are_named():
 
 def test_predict_mask_cleans_at_the_model_resolution(monkeypatch):
     model = LungSegmenter(base_width=2, depth=1, input_size=32).eval()
-    spiky = two_lungs(32).float()
-    spiky[0:8, 8:9] = 1.0  # 1 px wide at 32 px: 8 px wide at 256 px
+    spiky = torch.zeros(32, 32)
+    spiky[8:30, 3:14] = spiky[8:30, 18:30] = 1.0  # two lungs from row 8
+    spiky[0:8, 8] = 1.0  # 1 px wide at 32 px (opening radius 1 there): 8 px wide at 256 px
     monkeypatch.setattr(model, "_probability_at_input_size", lambda image: spiky[None, None].expand(len(image), 1, 32, 32))
     out = model.predict_mask(torch.rand(2, 1, 256, 256))
     assert out.shape == (2, 256, 256) and out.dtype == torch.bool
     expected = F.interpolate(clean_lung_mask(spiky > 0.5)[None, None].float(), size=(256, 256), mode="bilinear", align_corners=False)[0, 0] >= 0.5
     assert torch.equal(out[0], expected) and torch.equal(out[1], expected)
-    assert not out[:, :56].any()  # the spike is gone, the lungs (from row 60) are not
+    assert not out[:, :52].any() and out[:, 64:].any()  # the spike is gone (a 1 px stub may stay), the lungs are not

@@ -79,16 +79,19 @@ class LungSegmenter(PretrainedMixin, nn.Module):
 def clean_lung_mask(mask: torch.Tensor, open_fraction: float = 0.03, min_fraction: float = 0.1) -> torch.Tensor:
     """Anatomical clean-up of a thresholded (H, W) bool lung mask; same device.
 
-    1. **Spikes**: a binary opening with a disk of radius ``open_fraction * min(H, W)`` px
-       (scaled to the image, so the same anatomy is cut at any resolution) removes parts
-       narrower than its diameter: a tongue up the trachea into the neck, a sliver along the
-       rib edge or the mediastinum. Lungs are broad; nothing this thin is a lung field.
-    2. **One lung per side**: the lungs are the largest 8-connected region whose centre lies in
-       the left half of the image and the largest in the right half (connectivity taken
-       *before* the opening, so a lower zone joined by a narrow isthmus stays with its lung).
-       A side's region smaller than ``min_fraction`` of the other side's is dropped, and so are
-       the pieces of a kept lung that the opening cut off and that are smaller than
-       ``min_fraction`` of its main piece (the tip of a spike).
+    1. **One lung per side**: the lungs are the largest 8-connected region whose centre lies in
+       the left half of the image and the largest in the right half; a side's region smaller
+       than ``min_fraction`` of the other side's is dropped (blobs in the shoulders, the
+       abdomen, the mediastinum).
+    2. **Spikes in the upper lung**: a binary opening with a disk of radius
+       ``open_fraction * min(H, W)`` px (scaled to the image, so the same anatomy is cut at any
+       resolution) finds the parts of a lung narrower than its diameter. Those at least as
+       large as the disk (so: long as well as thin; a rounded-off corner is a few pixels) and
+       whose centre lies above the lung's centre are removed: a tongue up the trachea into the
+       neck, a sliver along the upper ribs or the mediastinum; the apex is a broad dome. Those below
+       stay: the costophrenic recesses are thin by anatomy (removing them cost Dice on SimCXR
+       and cut the lower zones short of the diaphragm). Pieces of the lung then left smaller
+       than ``min_fraction`` of its main piece (the tip of a spike) are dropped.
     3. **Holes filled**: an opacity inside a lung (a mass, a rib crossing) is lung field.
 
     The result is never larger than the input outside the filled holes.
@@ -104,30 +107,36 @@ def clean_lung_mask(mask: torch.Tensor, open_fraction: float = 0.03, min_fractio
     if not mask.any():
         return mask
     m = mask.cpu().numpy()
-    radius = int(round(open_fraction * min(m.shape)))
-    if radius > 0:
-        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-        opened = ndimage.binary_opening(m, structure=(yy**2 + xx**2) <= radius**2)
-    else:
-        opened = m
     eight = np.ones((3, 3), dtype=bool)
     labels, n = ndimage.label(m, structure=eight)
-    sizes = ndimage.sum_labels(opened, labels, index=np.arange(1, n + 1))  # what survives the opening
-    cols = ndimage.center_of_mass(m, labels, index=np.arange(1, n + 1))
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(m, labels, index=index)
+    centres = ndimage.center_of_mass(m, labels, index=index)
     middle = (m.shape[1] - 1) / 2
     lungs = []
     for side in (lambda c: c < middle, lambda c: c >= middle):
-        ids = [i for i in range(n) if side(cols[i][1]) and sizes[i] > 0]
+        ids = [i for i in range(n) if side(centres[i][1])]
         if ids:
             lungs.append(max(ids, key=lambda i: (sizes[i], -i)))
-    if not lungs:
-        return torch.zeros_like(mask)
     biggest = max(sizes[i] for i in lungs)
+    radius = int(round(open_fraction * min(m.shape)))
+    disk = None
+    if radius > 0:
+        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+        disk = (yy**2 + xx**2) <= radius**2
     out = np.zeros_like(m)
     for i in lungs:
         if sizes[i] < min_fraction * biggest:
             continue
-        pieces, k = ndimage.label(opened & (labels == i + 1), structure=eight)
+        lung = labels == i + 1
+        if disk is not None:
+            thin, k = ndimage.label(lung & ~ndimage.binary_opening(lung, structure=disk), structure=eight)
+            if k:
+                rows = np.array(ndimage.center_of_mass(thin > 0, thin, index=np.arange(1, k + 1)))[:, 0]
+                area = np.bincount(thin.ravel(), minlength=k + 1)[1:]
+                spikes = (rows < centres[i][0]) & (area >= disk.sum())  # thin, long and high
+                lung = lung & ~np.isin(thin, np.flatnonzero(spikes) + 1)
+        pieces, k = ndimage.label(lung, structure=eight)
         counts = np.bincount(pieces.ravel(), minlength=k + 1)[1:]
         keep = np.flatnonzero(counts >= min_fraction * counts.max()) + 1
         out |= ndimage.binary_fill_holes(np.isin(pieces, keep))
