@@ -573,3 +573,17 @@ def test_float64_output_stays_inside_the_input_range_at_the_clamp():
     assert len(out_tgt["boxes"]) == 3
     assert float(out_img.min()) >= -0.3 and float(out_img.max()) <= 0.1
     assert (out_img == 0.1).any() or (out_img == -0.3).any()  # the clamp was reached
+
+
+def test_boxes_that_cannot_hold_the_new_box_exactly_are_an_error_not_a_shifted_label():
+    # float16 has no half pixels past 1024: a CXCYWH centre of an odd-width box there rounds.
+    S = 1100
+    image = tv_tensors.Image((torch.rand(1, S, S, generator=torch.Generator().manual_seed(0)) * 200 + 20).to(torch.uint8))
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4, dtype=torch.float16), format="CXCYWH", canvas_size=(S, S)), "labels": torch.zeros(0, dtype=torch.int64)}
+    tf = InsertNodules([NoduleRecord((1050, 500), 9.0, 4)], shape_model=EllipseShapeGenerator(), texture_model=tiny_texture())
+    with pytest.raises(ValueError, match="float16 in CXCYWH cannot hold the new nodule boxes.*exactly"):
+        tf(image, target)
+    # float32 boxes hold it, and the appended box is the record's.
+    target["boxes"] = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="CXCYWH", canvas_size=(S, S))
+    out_img, out_tgt = tf(image, target)
+    _new_box_has_changed_pixels(image, out_img, target, out_tgt)
