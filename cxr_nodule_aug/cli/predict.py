@@ -14,22 +14,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
+from cxr_nodule_aug.cli.arguments import existing_dir, number, torch_device, weights_source, whole_number
+from cxr_nodule_aug.cli.errors import UsageError
 from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
+
+
+def _json_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give the JSON file to write, e.g. {path / 'predictions.json'}")
+    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", required=True, help="trained detector: a weights directory (train detector's <out>/model) or org/name[@rev]")
-    parser.add_argument("--data", required=True, help="dataset root directory")
+    parser.add_argument("--data", required=True, type=existing_dir, help="dataset root directory")
     parser.add_argument("--dataset", required=True, choices=list(DATASET_KINDS), help="dataset kind")
-    parser.add_argument("--out", type=Path, default=Path("predictions.json"), help="output JSON file (default ./predictions.json)")
-    parser.add_argument("--min-score", type=float, default=None,
-                        help="lowest box score written (default: the detector's own score_thresh; keep it low for the FROC)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per detector call (default 8)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--out", type=_json_file, default=Path("predictions.json"), help="output JSON file (default ./predictions.json)")
+    parser.add_argument("--min-score", type=number(0.0, below=1.0), default=None,
+                        help="lowest box score written, in [0, 1) (default: the detector's own score_thresh; keep it low for the FROC)")
+    parser.add_argument("--batch-size", type=whole_number(1), default=8, help="images per detector call (default 8)")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="torch device (default cpu)")
 
 
 def _image_name(dataset, index: int, target: dict) -> str:
@@ -57,28 +64,15 @@ def run(args: argparse.Namespace) -> int:
 
     from cxr_nodule_aug.detection import NoduleDetector, ToDetectorInput, predictions_in_original_frame
     from cxr_nodule_aug.eval import node21_json_from_predictions
+    from cxr_nodule_aug.io.writers import atomic_write
 
-    def fail(message: str) -> int:
-        print(f"cxr-nodule-aug predict: error: {message}", file=sys.stderr)
-        return 2
-
-    if args.min_score is not None and not 0 <= args.min_score < 1:
-        return fail(f"--min-score must be in [0, 1), got {args.min_score}")
-    if args.batch_size < 1:
-        return fail(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.out.is_dir():
-        return fail(f"--out {str(args.out)!r} is a directory; give the JSON file to write, e.g. {args.out}/predictions.json")
+    detector = weights_source("--detector", args.detector, lambda source: NoduleDetector.from_pretrained(source, map_location=args.device))
     try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        return fail(f"--device {args.device!r}: not a torch device (e.g. cpu, cuda, cuda:1)")
-    try:
-        detector = NoduleDetector.from_pretrained(args.detector, map_location=device)
         dataset = open_dataset(args.dataset, args.data, transforms=ToDetectorInput(int(detector.config["image_size"])))
-    except (ValueError, FileNotFoundError, OSError) as err:
-        return fail(str(err))
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"--data {str(args.data)!r}: {err}") from None
     if len(dataset) == 0:
-        return fail(f"--data {args.data!r}: the {args.dataset} dataset holds no images")
+        raise UsageError(f"--data {str(args.data)!r}: the {args.dataset} dataset holds no images")
     if args.min_score is not None:
         _set_min_score(detector, args.min_score)
 
@@ -91,26 +85,21 @@ def run(args: argparse.Namespace) -> int:
                 named[name] = {"boxes": pred["boxes"], "scores": pred["scores"]}
             images.clear(), targets.clear(), names.clear()
 
-    try:
-        for i in range(len(dataset)):
-            image, target = dataset[i]
-            name = _image_name(dataset, i, target)
-            if name in named or name in names:
-                return fail(f"two images of --data are both named {name!r}; the prediction JSON pairs images by name")
-            images.append(image.as_subclass(torch.Tensor))
-            targets.append(target)
-            names.append(name)
-            if len(images) == args.batch_size:
-                flush()
-        flush()
-    except (ValueError, FileNotFoundError, OSError) as err:
-        return fail(str(err))
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        name = _image_name(dataset, i, target)
+        if name in named or name in names:
+            raise UsageError(f"--data {str(args.data)!r}: two images are both named {name!r}; the prediction JSON pairs images by name")
+        images.append(image.as_subclass(torch.Tensor))
+        targets.append(target)
+        names.append(name)
+        if len(images) == args.batch_size:
+            flush()
+    flush()
 
     data = node21_json_from_predictions(named)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, args.out)
+    atomic_write(args.out, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
     n_boxes = sum(len(p["boxes"]) for p in named.values())
     min_score = args.min_score if args.min_score is not None else float(detector.config.get("score_thresh", float("nan")))
     print(f"wrote {n_boxes} boxes for {len(named)} images to {args.out} (pixels of the original images; "
