@@ -86,13 +86,18 @@ def test_every_model_type_loads_in_a_fresh_interpreter(saved):
 
     One interpreter for all types (each costs seconds of imports on 2 cores): the types whose
     module the package does not import load first, and the subprocess checks that their module
-    was not imported before their own load_model call.
+    was not imported before: PartialConvUNet through ``NoduleInpaint(texture_model=DIR)`` (which
+    calls load_model), NoduleDetector through load_model.
     """
     order = [*_NOT_IMPORTED_BY_THE_PACKAGE, *sorted(set(TINY) - set(_NOT_IMPORTED_BY_THE_PACKAGE))]
     code = (
         "import sys, torch\n"
-        "from cxr_nodule_aug import load_model\n"
+        "from cxr_nodule_aug import NoduleInpaint, load_model\n"
         f"first = {_NOT_IMPORTED_BY_THE_PACKAGE!r}\n"
+        "assert first['PartialConvUNet'] not in sys.modules\n"
+        "tf = NoduleInpaint(texture_model=sys.argv[1] + '/PartialConvUNet')  # the transform's path, too\n"
+        "assert type(tf.texture_model).__name__ == 'PartialConvUNet'\n"
+        "del first['PartialConvUNet']  # its fresh load was NoduleInpaint's (through load_model)\n"
         "for name in sys.argv[2:]:\n"
         "    assert first.get(name) not in sys.modules, first[name] + ' was imported before its load'\n"
         "    m = load_model(sys.argv[1] + '/' + name)\n"
@@ -101,7 +106,8 @@ def test_every_model_type_loads_in_a_fresh_interpreter(saved):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code, str(saved), *order], capture_output=True, text=True, cwd=saved, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.split("\n")
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == len(order), out.stdout
     for name, line in zip(order, lines):
         loaded_name, total = line.split()
         assert loaded_name == name
