@@ -74,3 +74,19 @@ def test_batches_resume_at_an_epoch_boundary():
     resumed = common.Batches(make(), state=state)
     assert [next(resumed)[0].tolist() for _ in range(4)] == rest
     assert sorted(sum(seq, [])) == list(range(6)) and rest[:3] != seq  # a new shuffle each epoch
+
+
+def test_a_checkpoint_of_the_older_format_still_resumes(tmp_path, caplog):
+    """Before exact resume: NumPy's key array only, no data position. It loads, with warnings."""
+    module = nn.Linear(2, 2)
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    common.save_checkpoint(tmp_path / "c.pt", step=3, modules={"m": module}, optimizers={"m": opt})
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    state["rng"] = {"torch": state["rng"]["torch"], "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)), "python": state["rng"]["python"]}
+    torch.save(state, tmp_path / "c.pt")
+    with caplog.at_level("WARNING"):
+        loaded = common.load_checkpoint(tmp_path / "c.pt", modules={"m": module}, optimizers={"m": opt})
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(4.0)), batch_size=2)
+        batches = common.Batches(loader, state=loaded.get("data"), step=loaded["step"])
+    assert batches.epoch == 1 and len(next(batches)[0]) == 2
+    assert "incomplete NumPy random state" in caplog.text and "no data-loader position" in caplog.text
