@@ -5,7 +5,8 @@ pixels?
 1. ``--sim EXPORT``: a ``cxr-nodule-aug sim`` export is converted to NODE21 layout (``images/*.png``
    upsampled to ``--size`` px, ``metadata.csv`` with the boxes scaled alike, no spacing), unless
    ``--data`` already holds ``metadata.csv``.
-2. The section's bash commands and its Python block are read from README.md and run verbatim
+2. The section's bash commands and its Python block, then those of "Evaluate a detector"
+   (predict -> eval with the same detector), are read from README.md and run verbatim
    in ``--work`` with ``DIR`` replaced by ``--data`` (a command whose ``out=`` / ``--out`` already
    exists is skipped, so a rerun resumes).
 3. Measured: each missed nodule's mined diameter against its box in ``metadata.csv`` (the
@@ -84,8 +85,8 @@ def _out_of(command: str) -> str | None:
     return None
 
 
-def run_section(data: Path, work: Path) -> None:
-    bash, python = readme_section("Hard-example mining")
+def run_section(data: Path, work: Path, title: str) -> None:
+    bash, python = readme_section(title)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     for line in bash:
         command = line.replace("DIR", str(data))
@@ -149,8 +150,13 @@ def main() -> int:
             parser.error("--data holds no metadata.csv: give --sim to make it")
         make_node21_copy(args.sim, args.data, args.size)
     args.work.mkdir(parents=True, exist_ok=True)
-    run_section(args.data.resolve(), args.work)
+    run_section(args.data.resolve(), args.work, "Hard-example mining")
+    run_section(args.data.resolve(), args.work, "Evaluate a detector")  # predict -> eval on the same detector
     result = measure(args.data.resolve(), args.work)
+    metrics = args.work / "runs/eval/metrics.json"
+    if metrics.is_file():
+        m = json.loads(metrics.read_text())
+        result["eval"] = {k: m[k] for k in ("auc", "sensitivity_at_target_fp", "node21_score") if k in m}
     (args.work / "hem_check.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     ok = result["inserted_within_10_percent"] == result["inserted"] and result["inserted_asked_in_mined_pool"] == result["inserted"]
