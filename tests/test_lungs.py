@@ -221,7 +221,7 @@ def test_bundled_configs_carry_both_keys():
 
 
 def test_build_sets_passes_lung_masks_to_the_training_set(node21, masks, sim_export, tmp_path, caplog):
-    cfg = DetectorConfig(data=str(node21), dataset="node21", augment_p=0.5, lung_masks=str(masks), holdout_fraction=0.0)
+    cfg = DetectorConfig(data=str(node21), dataset="node21", augment_p=0.5, augment_unit="px", lung_masks=str(masks), holdout_fraction=0.0)
     train_set, val_set = build_sets(cfg)
     assert train_set.lung_mask_dir == masks and val_set is None
     held = dataclasses.replace(cfg, holdout_fraction=0.34)

@@ -172,12 +172,12 @@ def build_sets(cfg: DetectorConfig) -> tuple[Dataset, Dataset | None]:
         else:  # only the online augmentation reads them: do not decode masks for nothing
             log.warning("lung_masks=%r is not used: augment_p=0 (no online augmentation)", cfg.lung_masks)
     base = open_dataset(cfg.dataset, cfg.data, transforms=train_tf, lung_mask_dir=lung_mask_dir)
+    if lung_mask_dir is not None:
+        _check_lung_masks(base, "lung_masks")
     if cfg.augment_p > 0 and inpaint.unit == "mm" and len(base) and open_dataset(cfg.dataset, cfg.data)[0][1].get("pixel_spacing_mm") is None:
         fix = ("mine this data with 'cxr-nodule-aug hem' (px diameters where the spacing is unknown)" if Path(cfg.augment_diameters).suffix == ".json"
                else "give augment_diameters in pixels with augment_unit=px")
         raise ValueError(f"augment diameters are in mm, but the {cfg.dataset} images of data={cfg.data!r} record no pixel spacing: {fix}")
-    if lung_mask_dir is not None:
-        _check_lung_masks(base, "lung_masks")
     if cfg.val_data:
         train_set: Dataset = base
         val_set: Dataset | None = open_dataset(cfg.dataset, cfg.val_data, transforms=to_input)
