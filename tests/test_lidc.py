@@ -166,3 +166,53 @@ def test_shape_training_data_from_lidc_silhouettes():
     with pytest.raises(ValueError, match="lidc:SPLIT"):
         open_shape_data(ShapeConfig(data="lidc:holdout"))
     assert isinstance(data[0], torch.Tensor)
+
+
+def _small_database(src, dst, keep_scans):
+    import shutil
+    import sqlite3
+
+    shutil.copyfile(src, dst)
+    con = sqlite3.connect(dst)
+    con.execute(f"DELETE FROM scans WHERE id NOT IN ({','.join(map(str, keep_scans))})")
+    con.commit()
+    con.execute("VACUUM")
+    con.close()
+    return dst
+
+
+def test_nodule_table_is_built_once_per_database_and_cached(db, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(lidc, "_TABLES", {})
+    small = _small_database(db.path, tmp_path / "small.sqlite", [1, 2, 3])  # 1: test, 2 and 3: train
+    path = lidc.nodule_table_path("test", database=small)
+    assert path.parent == tmp_path / "cache" / "cxr-nodule-aug" and not path.exists()
+    with caplog.at_level(logging.WARNING, logger="cxr_nodule_aug.lidc"):
+        rows = lidc.nodule_table("test", database=small)
+    assert "building the LIDC-IDRI test nodule table" in caplog.text and str(path) in caplog.text
+    assert path.is_file() and not list(path.parent.glob("*.tmp"))  # written atomically, no leftovers
+    assert [r["nodule_id"] for r in rows] == [n.nodule_id for n in db.nodules(1)]
+    assert rows[0]["n_readers"] == 4 and isinstance(rows[0]["diameter_mm"], float)
+    # The whole table: every split's file, rows in scan order.
+    whole = lidc.nodule_table(database=small)
+    assert [r["nodule_id"] for r in whole] == [n.nodule_id for sid in (1, 2, 3) for n in db.nodules(sid)]
+    assert {r["split"] for r in whole} == {"test", "train"}
+    assert lidc.nodule_table(database=small, min_readers=4) == [r for r in whole if r["n_readers"] == 4]
+    # Later calls (and later processes: the in-memory copy is dropped here) read the file.
+    monkeypatch.setattr(lidc, "_TABLES", {})
+    monkeypatch.setattr(lidc, "build_nodule_table", lambda *a, **k: pytest.fail("rebuilt a cached table"))
+    caplog.clear()
+    assert lidc.nodule_table("test", database=small) == rows and "building" not in caplog.text
+    # A different database gets its own file; the default location is ~/.cache.
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    smaller = _small_database(db.path, tmp_path / "smaller.sqlite", [1])
+    assert lidc.nodule_table_path("test", database=smaller) != path
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert lidc.nodule_table_path("val", database=small).parent == tmp_path / "home" / ".cache" / "cxr-nodule-aug"
+    with pytest.raises(ValueError, match="split='dev'"):
+        lidc.nodule_table("dev", database=small)
+

