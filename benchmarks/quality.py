@@ -42,7 +42,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from cxr_nodule_aug.baselines import PartialConvUNet, PasteBlendInpainter, contrast_ratio
 from cxr_nodule_aug.eval.quality import FID_LABEL, METRIC_KEYS, PSNR_CAP_DB, fid, quality_metrics, summarize

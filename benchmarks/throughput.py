@@ -563,7 +563,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| {b['batch']} | {b['ms']:.1f} | {b['gflop']:.2f} | {b['gflops']:.0f} | {100 * b['matmul_fraction']:.0f}% | {comp} | {b['calls_per_forward']:.0f} | {ops} |")
         lines.append("")
     lines += [
-        f"## DataLoader",
+        "## DataLoader",
         "",
         f"{d['detector']}; radiograph {d['dl_image_size']} px augmented at full size, then resized to {d['det_size']} px; batch {d['dl_batch']}, "
         f"2 workers, AdamW, {d['threads']} training threads; {d['dl_steps']} timed steps after {d['dl_warmup']}. NoduleInpaint(p=0.5, 1-3 nodules).",

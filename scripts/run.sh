@@ -2,7 +2,7 @@
 # One set-up path for everything: creates .venv if absent, installs the project and what it needs
 # (once per change of pyproject.toml or this script), then runs the requested job.
 #
-#   bash scripts/run.sh test [pytest args]     the test suite
+#   bash scripts/run.sh test [pytest args]     the lint (ruff check) and the test suite
 #   bash scripts/run.sh demo [demo args]       the demo on the shipped weights
 #   bash scripts/run.sh cli ARGS...            any `cxr-nodule-aug` subcommand
 #   bash scripts/run.sh setup                  only the set-up
@@ -34,7 +34,7 @@ job="${1:-test}"
 shift || true
 case "$job" in
     setup) echo "set-up done: $VENV" ;;
-    test)  exec "$PY" -m pytest -q "$@" ;;
+    test)  "$VENV/bin/ruff" check --quiet . && exec "$PY" -m pytest -q "$@" ;;
     demo)  exec "$VENV/bin/cxr-nodule-aug" demo "$@" ;;
     cli)   exec "$VENV/bin/cxr-nodule-aug" "$@" ;;
     *) echo "unknown job '$job' (expected: test, demo, cli, setup)" >&2; exit 2 ;;

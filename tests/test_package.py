@@ -88,3 +88,17 @@ def test_only_the_train_command_imports_training_code():
     assert not offenders, offenders
     # and the check itself finds what it looks for
     assert ("run", "import", "cxr_nodule_aug.train.common") in _training_imports(cli / "train.py")
+
+
+def test_no_module_imports_another_modules_private_name():
+    """The library, the CLI and the benchmarks use each other's public names only: a helper two
+    modules need is public in one place (``from cxr_nodule_aug.x import _helper`` is refused)."""
+    root = Path(cxr_nodule_aug.__file__).parent
+    files = sorted(root.rglob("*.py")) + sorted((root.parent / "benchmarks").glob("*.py"))
+    offenders = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cxr_nodule_aug"):
+                offenders += [f"{path.name}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, offenders

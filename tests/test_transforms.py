@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import EllipseShapeGenerator, lung_mask, make_image, make_target, tiny_texture
+from conftest import EllipseShapeGenerator, make_image, make_target, tiny_texture
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2

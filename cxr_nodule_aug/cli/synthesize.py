@@ -32,7 +32,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 from pathlib import Path

@@ -15,7 +15,6 @@ are labelled so wherever they are reported.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 BACKBONES = ("efficientnet-lite0", "vgg16")

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 

@@ -24,7 +24,6 @@ from cxr_nodule_aug.hub import default_weights_dir, load_model, parse_source
 from cxr_nodule_aug.models.lung import LungSegmenter
 from cxr_nodule_aug.models.shape import ShapeGenerator
 from cxr_nodule_aug.models.texture import TextureGenerator
-from cxr_nodule_aug.records import NoduleRecord
 from cxr_nodule_aug.transforms._sample import ParsedSample, parse_sample, rebuild, wrap_image
 
 _log = logging.getLogger("cxr_nodule_aug")
