@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_image
+from conftest import EllipseShapeGenerator, make_image, tiny_texture
 from torchvision import tv_tensors
 
-from cxr_nodule_aug import TextureGenerator
+from cxr_nodule_aug import NoduleRecord, TextureGenerator
+from cxr_nodule_aug.functional.insertion import insert_nodules, region_side
 from cxr_nodule_aug.train.common import resolve_config
 from cxr_nodule_aug.train.texture import TextureConfig, extract_patches, split_by_image, train
 
@@ -36,6 +37,29 @@ def test_extract_patches_cuts_like_inference():
     assert (box["mask"].sum((1, 2, 3)) >= pairs["mask"].sum((1, 2, 3))).all()
     train_part, held = split_by_image(pairs, 0.2)
     assert set(train_part["image_index"].tolist()).isdisjoint(held["image_index"].tolist())
+
+
+@pytest.mark.parametrize("mask_type", ["shape", "box"])
+def test_training_pairs_are_the_inference_cut_bit_for_bit(mask_type):
+    """For the same nodules (centre, diameter, shape mask, image), the trainer's patches and holes
+    are exactly what the texture model is fed at inference."""
+    image = make_image(torch.uint16, size=128, seed=1)
+    texture = tiny_texture(mask_type=mask_type)  # patch_size 32, max_fill 0.5
+    fed = []
+    texture.register_forward_hook(lambda module, args, out: fed.append((args[0].clone(), args[1].clone())))
+    # 9 and 11 px: a 32 px region, cut as is; 21 px: a 44 px region, area-resampled to 32.
+    records = [NoduleRecord((40, 50), 9.0, 1), NoduleRecord((85, 70), 11.0, 2), NoduleRecord((62, 100), 21.0, 3)]
+    insert_nodules(image, records, EllipseShapeGenerator(), texture)
+    (patches, holes), = fed
+    # The nodules' shape masks in the image (a box-mask model inserts boxes: take the shapes
+    # from a shape-mask model; same records, same footprints and positions).
+    shapes = insert_nodules(image, records, EllipseShapeGenerator(), tiny_texture())
+    sides = [region_side(r.measured_diameter_px, 32, 0.5) for r in shapes.records]
+    assert sides == [region_side(r.diameter_px, 32, 0.5) for r in records] == [32, 32, 44]
+    pairs = extract_patches([(image, {"masks": shapes.masks})], patch_size=32, max_fill=0.5, mask_type=mask_type)
+    assert pairs["patch"].shape == patches.shape == (3, 1, 32, 32)
+    assert torch.equal(pairs["mask"], holes)
+    assert torch.equal(pairs["patch"], patches)
 
 
 def test_train_few_steps_and_resume(tmp_path):

@@ -111,6 +111,58 @@ class _Cut:
     regions: list[tuple[int, int, int, torch.Tensor, torch.Tensor]]  # (oy, ox, R, footprint, region)
 
 
+@dataclass
+class PatchCut:
+    """One nodule's texture-model input, as :func:`cut_patch` cuts it."""
+
+    patch: torch.Tensor
+    """(1, 1, P, P) float32 in [0, 1]: the working image around the nodule, area-resampled to P."""
+    hole: torch.Tensor
+    """(1, 1, P, P) float32 {0, 1}: the footprint (boxed for ``mask_type="box"``), resampled to P."""
+    footprint: torch.Tensor
+    """(R, R) bool: the footprint on its canvas, boxed for ``mask_type="box"``."""
+    region: torch.Tensor
+    """(R, R) float32: the working image under the canvas (not clamped, not resampled)."""
+    origin_yx: tuple[int, int]
+    """The canvas' top-left pixel in the image (may lie outside it: border pixels repeat)."""
+
+
+def cut_patch(gray: torch.Tensor, center_xy: tuple[int, int], footprint: torch.Tensor, patch_size: int, mask_type: str = "shape") -> PatchCut:
+    """Cut one nodule's (patch, hole) pair: the one cut both inference and the texture trainer use.
+
+    Args:
+        gray: (H, W) working image (``to_working(image)[0]``).
+        center_xy: the nodule's centre; the footprint's bounding box is placed with its top-left
+            at ``(x - w // 2, y - h // 2)`` (``w``, ``h`` its width and height), as inference does.
+        footprint: (R, R) bool, the nodule's mask on its canvas (see :func:`nodule_footprints`).
+        patch_size: P, the texture model's input side; the R x R region is area-resampled to it.
+        mask_type: ``"shape"`` (the hole is the footprint) or ``"box"`` (its bounding box,
+            taken on the R x R canvas before resampling).
+    """
+    if mask_type not in ("shape", "box"):
+        raise ValueError(f"mask_type must be 'shape' or 'box', got {mask_type!r}")
+    if footprint.ndim != 2 or footprint.shape[0] != footprint.shape[1] or not footprint.any():
+        raise ValueError(f"footprint must be a non-empty square (R, R) mask, got shape {tuple(footprint.shape)} with {int(footprint.sum())} pixels set")
+    H, W = gray.shape
+    R = footprint.shape[0]
+    fp = footprint
+    if mask_type == "box":
+        top, left, h, w = _bbox_hw(fp)
+        fp = torch.zeros_like(fp)
+        fp[top : top + h, left : left + w] = True
+    top, left, h, w = _bbox_hw(fp)
+    cx, cy = center_xy
+    oy, ox = cy - h // 2 - top, cx - w // 2 - left  # canvas origin in the image
+    rows, cols = _index(oy, R, H, gray.device), _index(ox, R, W, gray.device)
+    region = gray[rows][:, cols]
+    patch = region[None, None].clamp(0, 1)
+    hole = fp[None, None].float()
+    if R != patch_size:
+        patch = F.interpolate(patch, size=(patch_size, patch_size), mode="area")
+        hole = (F.interpolate(hole, size=(patch_size, patch_size), mode="area") > 0).float()
+    return PatchCut(patch, hole, fp, region, (oy, ox))
+
+
 Working = tuple[torch.Tensor, float, float]
 """``to_working(image)``'s result: (H, W) float32 grey level and its (lo, hi) window."""
 
@@ -137,24 +189,10 @@ def _cut(
         raise ValueError(f"working image must be ({H}, {W}) on {device} like the image, got {tuple(gray.shape)} on {gray.device}")
     patches, holes, regions = [], [], []
     for rec, fp in zip(records, footprints):
-        R = fp.shape[0]
-        if texture_model.mask_type == "box":
-            top, left, h, w = _bbox_hw(fp)
-            fp = torch.zeros_like(fp)
-            fp[top : top + h, left : left + w] = True
-        top, left, h, w = _bbox_hw(fp)
-        cx, cy = rec.center_xy
-        oy, ox = cy - h // 2 - top, cx - w // 2 - left  # canvas origin in the image
-        rows, cols = _index(oy, R, H, device), _index(ox, R, W, device)
-        region = gray[rows][:, cols]
-        regions.append((oy, ox, R, fp, region))
-        patch = region[None, None].clamp(0, 1)
-        hole = fp[None, None].float()
-        if R != P:
-            patch = F.interpolate(patch, size=(P, P), mode="area")
-            hole = (F.interpolate(hole, size=(P, P), mode="area") > 0).float()
-        patches.append(patch)
-        holes.append(hole)
+        c = cut_patch(gray, rec.center_xy, fp, P, texture_model.mask_type)
+        regions.append((c.origin_yx[0], c.origin_yx[1], fp.shape[0], c.footprint, c.region))
+        patches.append(c.patch)
+        holes.append(c.hole)
     empty = torch.zeros(0, 1, P, P, device=device)
     return _Cut(image, records, gray, lo, hi, torch.cat(patches) if patches else empty, torch.cat(holes) if holes else empty, regions)
 

@@ -1,8 +1,8 @@
 """``cxr-nodule-aug train texture``: the coarse-to-fine gated-conv inpainter (paper III-C, IV-B).
 
 Training pairs are (patch with a nodule, the nodule's shape mask): the hole is the mask, the
-ground truth is the patch. Patches are cut exactly as inference cuts them
-(:func:`cxr_nodule_aug.functional.insertion.region_side`, the image's own intensity window),
+ground truth is the patch. Patches are cut by inference's own cut
+(:func:`cxr_nodule_aug.functional.insertion.cut_patch`, the image's own intensity window),
 so a trained model sees at inference what it saw in training.
 
 Loss (all weights 1 by default, as in the paper): L1(coarse) + L1(fine) + perceptual(fine)
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from cxr_nodule_aug.baselines.partial_conv import PartialConvUNet
 from cxr_nodule_aug.eval.features import feature_extractor
-from cxr_nodule_aug.functional.insertion import region_side
+from cxr_nodule_aug.functional.insertion import cut_patch, region_side
 from cxr_nodule_aug.functional.intensity import to_working
 from cxr_nodule_aug.functional.size import equivalent_diameter
 from cxr_nodule_aug.models.texture import PatchDiscriminator, TextureGenerator, context_moments
@@ -149,32 +149,26 @@ def extract_patches(
             raise ValueError(f"sample {i} has no target[{masks_key!r}] instance masks to train the inpainter on")
         image = torch.as_tensor(image).as_subclass(torch.Tensor)
         gray, _, _ = to_working(image)
-        H, W = gray.shape
         for m in torch.as_tensor(target[masks_key]).as_subclass(torch.Tensor).bool():
             if not m.any():
                 continue
             d = float(equivalent_diameter(m))
             R = region_side(d, patch_size, max_fill)
             ys, xs = torch.nonzero(m, as_tuple=True)
-            cy, cx = (int(ys.min()) + int(ys.max())) // 2, (int(xs.min()) + int(xs.max())) // 2
-            if jitter > 0:
-                shift = ((torch.rand(2, generator=generator) * 2 - 1) * jitter * R).round().int().tolist()
-                cy, cx = cy + shift[0], cx + shift[1]
-            rows = torch.arange(cy - R // 2, cy - R // 2 + R).clamp(0, H - 1)
-            cols = torch.arange(cx - R // 2, cx - R // 2 + R).clamp(0, W - 1)
-            patch = gray[rows][:, cols][None, None].clamp(0, 1)
-            hole = m[rows][:, cols][None, None].float()
-            # Rows/cols clamped at the border repeat pixels: drop holes that were cut by it.
-            if int(hole.sum()) < int(m.sum()):
-                continue
-            if R != patch_size:
-                patch = F.interpolate(patch, size=(patch_size, patch_size), mode="area")
-                hole = (F.interpolate(hole, size=(patch_size, patch_size), mode="area") > 0).float()
-            if mask_type == "box":
-                r = torch.nonzero(hole[0, 0].any(1)).flatten()
-                c = torch.nonzero(hole[0, 0].any(0)).flatten()
-                hole = torch.zeros_like(hole)
-                hole[..., int(r[0]) : int(r[-1]) + 1, int(c[0]) : int(c[-1]) + 1] = 1
+            y0, x0 = int(ys.min()), int(xs.min())
+            h, w = int(ys.max()) + 1 - y0, int(xs.max()) + 1 - x0
+            # The nodule's footprint on its R x R canvas, placed as modulate_size places a
+            # generated shape (bounding box centred), and the centre inference would give it.
+            top, left = (R - h) // 2, (R - w) // 2
+            if jitter > 0:  # move the nodule inside its canvas, i.e. the window around the nodule
+                dy, dx = ((torch.rand(2, generator=generator) * 2 - 1) * jitter * R).round().int().tolist()
+                top, left = top - dy, left - dx
+            if top < 0 or left < 0 or top + h > R or left + w > R:
+                continue  # the nodule does not fit its window
+            footprint = torch.zeros(R, R, dtype=torch.bool, device=m.device)
+            footprint[top : top + h, left : left + w] = m[y0 : y0 + h, x0 : x0 + w]
+            cut = cut_patch(gray, (x0 + w // 2, y0 + h // 2), footprint, patch_size, mask_type)
+            patch, hole = cut.patch, cut.hole
             patches.append(patch[0])
             masks.append(hole[0])
             index.append(i)
