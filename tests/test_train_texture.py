@@ -8,7 +8,7 @@ from conftest import EllipseShapeGenerator, make_image, tiny_texture
 from torchvision import tv_tensors
 
 from cxr_nodule_aug import NoduleRecord, TextureGenerator
-from cxr_nodule_aug.functional.insertion import insert_nodules, region_side
+from cxr_nodule_aug.functional.insertion import cut_patch, insert_nodules, region_side
 from cxr_nodule_aug.train.common import resolve_config
 from cxr_nodule_aug.train.texture import TextureConfig, extract_patches, split_by_image, train
 
@@ -79,3 +79,14 @@ def test_train_few_steps_and_resume(tmp_path):
     train(cfg, pairs=pairs)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 3
     assert (tmp_path / "samples" / "step000002.png").exists()
+
+
+def test_cut_patch_rejects_bad_arguments():
+    gray, fp = torch.rand(64, 64), torch.zeros(32, 32, dtype=torch.bool)
+    with pytest.raises(ValueError, match="non-empty square"):
+        cut_patch(gray, (30, 30), fp, 32)
+    fp[10:14, 12:15] = True
+    with pytest.raises(ValueError, match="mask_type"):
+        cut_patch(gray, (30, 30), fp, 32, "ellipse")
+    c = cut_patch(gray, (30, 30), fp, 32, "shape")
+    assert c.origin_yx == (30 - 2 - 10, 30 - 1 - 12) and torch.equal(c.region, gray[18:50, 17:49])

@@ -3,7 +3,7 @@
 Functional core, thin classes: the transforms hold configuration and randomness only.
 """
 
-from cxr_nodule_aug.functional.insertion import InsertionResult, insert_nodules, insert_nodules_batch, nodule_footprints, place_nodules, region_side, run_texture
+from cxr_nodule_aug.functional.insertion import InsertionResult, PatchCut, cut_patch, insert_nodules, insert_nodules_batch, nodule_footprints, place_nodules, region_side, run_texture
 from cxr_nodule_aug.functional.intensity import check_image, from_working, to_working, value_limits
 from cxr_nodule_aug.functional.placement import InsertionError, PlacementError, box_fits, check_diameters_fit, sample_centre, valid_centres
 from cxr_nodule_aug.functional.size import ellipse_axes, equivalent_diameter, modulate_size
@@ -11,10 +11,12 @@ from cxr_nodule_aug.functional.size import ellipse_axes, equivalent_diameter, mo
 __all__ = [
     "InsertionError",
     "InsertionResult",
+    "PatchCut",
     "PlacementError",
     "box_fits",
     "check_diameters_fit",
     "check_image",
+    "cut_patch",
     "ellipse_axes",
     "equivalent_diameter",
     "from_working",
