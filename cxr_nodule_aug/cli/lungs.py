@@ -33,12 +33,11 @@ from typing import Any
 import numpy as np
 
 from cxr_nodule_aug.cli.arguments import output_dir
-from cxr_nodule_aug.cli.errors import CommandError, UsageError
+from cxr_nodule_aug.cli.errors import EXIT_SOME_FAILED, CommandError, UsageError
 from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
 from cxr_nodule_aug.io import atomic_write, png_bytes, remove_temp_files
 
 DATASETS = tuple(name for name, kind in DATASET_KINDS.items() if kind.lung_mask_folder)  # the kinds that take lung_mask_dir
-EXIT_SOME_FAILED = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
