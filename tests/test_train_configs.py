@@ -56,3 +56,45 @@ def test_detector_ranges_use_the_one_range_parser():
         detector._range("24,4", "augment_diameters", above=0.0)
     with pytest.raises(ValueError, match="augment_diameters='0,4': .*> 0"):
         detector._range("0,4", "augment_diameters", above=0.0)
+
+
+@pytest.mark.parametrize("config", [ShapeConfig, texture.TextureConfig, lung.LungConfig, detector.DetectorConfig])
+@pytest.mark.parametrize("override, needle", [
+    ("steps=-1", "steps=-1: expected a number >= 1"), ("steps=0", "steps=0: expected a number >= 1"),
+    ("batch_size=0", "batch_size=0: expected a number >= 1"), ("lr=0", "lr=0.0: expected a number > 0"),
+    ("lr=-1e-3", "lr=-0.001: expected a number > 0"), ("workers=-1", "workers=-1: expected a number >= 0"),
+    ("log_every=0", "log_every=0"), ("checkpoint_every=0", "checkpoint_every=0"), ("seed=-2", "seed=-2"),
+])
+def test_bad_run_values_are_refused_naming_the_field(config, override, needle):
+    """Before: ``steps=-1`` trained 0 steps and wrote a model; ``lr=0`` trained nothing."""
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+        resolve_config(config, None, [override])
+
+
+@pytest.mark.parametrize("config, override", [
+    (ShapeConfig, "d_lr=0"), (ShapeConfig, "betas=[0.5, 1.0]"), (ShapeConfig, "base_width=0"),
+    (texture.TextureConfig, "max_fill=0"), (texture.TextureConfig, "holdout_fraction=1"), (texture.TextureConfig, "w_perceptual=-1"),
+    (lung.LungConfig, "neck_p=1.5"), (lung.LungConfig, "depth=0"),
+    (detector.DetectorConfig, "augment_p=2"), (detector.DetectorConfig, "image_size=8"), (detector.DetectorConfig, "worker_niceness=20"),
+])
+def test_bad_trainer_values_are_refused_naming_the_field(config, override):
+    with pytest.raises(ValueError, match=f"^{override.split('=')[0]}="):
+        resolve_config(config, None, [override])
+
+
+def test_yaml_values_are_type_checked_and_the_cli_says_usage_error(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("lr: 1e-4\nsteps: 1e3\n")  # YAML 1.1 reads these as text
+    cfg = resolve_config(ShapeConfig, tmp_path / "c.yaml", ["d_lr=1e-5"])
+    assert (cfg.lr, cfg.steps, cfg.d_lr) == (1e-4, 1000, 1e-5) and isinstance(cfg.steps, int)
+    (tmp_path / "c.yaml").write_text("lr: fast\n")
+    with pytest.raises(ValueError, match=r"lr='fast': expected a float"):
+        resolve_config(ShapeConfig, tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("steps: 3\nlr: 1\nbetas: [0.5, 0.9]\n")  # ints for floats, lists for tuples
+    cfg = resolve_config(ShapeConfig, tmp_path / "c.yaml")
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.betas == (0.5, 0.9)
+    with pytest.raises(ValueError, match="worker_niceness=2.5: expected an int"):
+        detector.DetectorConfig(worker_niceness=2.5)
+    from cxr_nodule_aug.cli import main
+
+    assert main(["train", "shape", "data=x", f"out={tmp_path / 'run'}", "steps=-1"]) == 2
+    assert "steps=-1: expected a number >= 1" in capsys.readouterr().err and not (tmp_path / "run").exists()

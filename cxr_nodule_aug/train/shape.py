@@ -49,6 +49,15 @@ class ShapeConfig(common.RunConfig):
     norm_canvas: int = 256
     augment: bool = True
 
+    def check(self) -> None:
+        super().check()
+        common.check_value(self, "d_lr", above=0)
+        common.check_value(self, "betas", minimum=0, below=1)
+        for name in ("latent_dim", "base_width", "d_width", "image_size", "norm_canvas"):
+            common.check_value(self, name, minimum=1)
+        common.check_value(self, "norm_diameter_px", above=0)
+        common.check_value(self, "lidc_min_diameter_mm", minimum=0)
+
 
 def read_masks(path: Path) -> list[torch.Tensor]:
     """One bool mask per nodule in a PNG: one for a binary file, one per label value otherwise."""

@@ -67,6 +67,19 @@ class TextureConfig(common.RunConfig):
     # mean/std (TextureGenerator's context_norm); "none": save it without.
     context_norm: str = "auto"
 
+    def check(self) -> None:
+        super().check()
+        common.check_value(self, "d_lr", above=0)
+        common.check_value(self, "betas", minimum=0, below=1)
+        for name in ("base_width", "d_width", "num_stages", "patch_size"):
+            common.check_value(self, name, minimum=1)
+        for name in ("lr_drop_step", "w_l1_coarse", "w_l1_fine", "w_perceptual", "w_adversarial", "jitter"):
+            common.check_value(self, name, minimum=0)
+        common.check_value(self, "max_fill", above=0, maximum=1)
+        common.check_value(self, "holdout_fraction", minimum=0, below=1)
+        common.check_value(self, "gamma_range", above=0)
+        common.check_value(self, "contrast_range", minimum=0)
+
 
 def context_statistics(patches: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
     """Median over patches of the context's (outside the hole) mean and std, rounded to 1e-3."""
