@@ -98,3 +98,14 @@ def test_yaml_values_are_type_checked_and_the_cli_says_usage_error(tmp_path, cap
 
     assert main(["train", "shape", "data=x", f"out={tmp_path / 'run'}", "steps=-1"]) == 2
     assert "steps=-1: expected a number >= 1" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task, config", [("shape", ShapeConfig), ("texture", texture.TextureConfig), ("lung", lung.LungConfig),
+                                          ("detector", detector.DetectorConfig)])
+def test_print_config_reads_back_as_the_same_config(task, config, tmp_path, capsys):
+    from cxr_nodule_aug.cli import main
+
+    assert main(["train", task, "--config", f"{task}-cpu", "--print-config", "seed=3", "lr=2e-3"]) == 0
+    (tmp_path / "printed.yaml").write_text(capsys.readouterr().out)
+    expected = resolve_config(config, Path(common.__file__).parent / "configs" / f"{task}-cpu.yaml", ["seed=3", "lr=2e-3"])
+    assert resolve_config(config, tmp_path / "printed.yaml") == expected and expected.lr == 2e-3

@@ -217,10 +217,16 @@ def resolve_config(cls: type[C], path: str | os.PathLike | None = None, override
     return dataclasses.replace(defaults, **values)  # type: ignore[type-var]
 
 
+def config_yaml(config: Any) -> str:
+    """The config as YAML (keys sorted, tuples as lists): what ``--print-config`` prints and
+    ``<out>/config.yaml`` holds, and what ``--config FILE`` reads back."""
+    data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+    return yaml.safe_dump(data, sort_keys=True)
+
+
 def write_config(config: Any, out_dir: Path) -> Path:
     path = out_dir / "config.yaml"
-    data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
-    path.write_text(yaml.safe_dump(data, sort_keys=True))
+    path.write_text(config_yaml(config))
     return path
 
 
