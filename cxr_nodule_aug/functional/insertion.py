@@ -162,6 +162,8 @@ def shape_footprints(
     gives an empty mask (an untrained model) rather than a nodule of no pixels."""
     if len(seeds) != len(diameters_px):
         raise ValueError(f"seeds and diameters_px must pair up, got {len(seeds)} and {len(diameters_px)}")
+    if not seeds:
+        return []
     shapes = shape_model.generate(list(seeds), device=device)
     for seed, shape in zip(seeds, shapes):
         if not shape.any():
