@@ -129,6 +129,9 @@ def test_transforms_share_one_engine_and_print_short():
     assert torch.equal(copy(image, target)[0], out)
     with pytest.raises(ValueError, match="either synthesizer=... or weights, shape_model"):
         NoduleInpaint(synthesizer=synth, weights="x", shape_model=EllipseShapeGenerator())
+    with pytest.raises(ValueError, match="either synthesizer=... or lung_model"):  # never silently ignored
+        NoduleInpaint(synthesizer=synth, lung_model=False)
+    assert InsertNodules(RECORDS, synthesizer=synth).synthesizer is synth
     with pytest.raises(TypeError, match="synthesizer must be a NoduleSynthesizer"):
         InsertNodules(RECORDS, synthesizer=tiny_texture())
 

@@ -45,9 +45,8 @@ def build_synthesizer(
                                                  device=device, compile_texture=compile_texture, composition=composition)
     if not isinstance(synthesizer, NoduleSynthesizer):
         raise TypeError(f"synthesizer must be a NoduleSynthesizer, got {type(synthesizer).__name__}")
-    given = {"weights": weights, "shape_model": shape_model, "texture_model": texture_model, "device": device}
+    given = {"weights": weights, "shape_model": shape_model, "texture_model": texture_model, "lung_model": lung_model, "device": device}
     clash = [k for k, v in given.items() if v is not None] + (["compile_texture"] if compile_texture else [])
-    clash += [] if lung_model is None or lung_model is False else ["lung_model"]
     clash += [] if composition == "replace" else ["composition"]
     if clash:
         raise ValueError(f"pass either synthesizer=... or {', '.join(clash)}: the synthesizer already holds its models and settings")

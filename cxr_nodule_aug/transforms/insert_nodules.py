@@ -61,7 +61,9 @@ class InsertNodules(NoduleTransformBase):
             if not r.diameter_px > 0:
                 raise ValueError(f"records[{i}].diameter_px must be positive, got {r.diameter_px}")
             parsed.append(r.replace(box_xyxy=None, measured_diameter_px=None))
-        synthesizer = build_synthesizer(synthesizer, weights=weights, shape_model=shape_model, texture_model=texture_model, lung_model=False,
+        # A replay needs no lung model: none is loaded (a given synthesizer may hold one, unused).
+        synthesizer = build_synthesizer(synthesizer, weights=weights, shape_model=shape_model, texture_model=texture_model,
+                                        lung_model=False if synthesizer is None else None,
                                         device=device, compile_texture=compile_texture, composition=composition)
         super().__init__(synthesizer=synthesizer, **keys)
         self.records = parsed
