@@ -232,15 +232,16 @@ def _open_sources(args: argparse.Namespace):
 def _make_transform(args: argparse.Namespace):
     import torch
 
-    from cxr_nodule_aug import HEMSampler, NoduleInpaint
+    from cxr_nodule_aug import HEMSampler, NoduleInpaint, NoduleSynthesizer
 
     if isinstance(args.diameters, str):
         diameters: Any = HEMSampler.load(args.diameters)
         unit = diameters.unit
     else:
         diameters, unit = args.diameters, args.unit
+    synth = NoduleSynthesizer.from_pretrained(args.weights, device=args.device)
     return NoduleInpaint(diameters=diameters, unit=unit, num_nodules=args.num_nodules, contrast=args.contrast, p=1.0,
-                         weights=args.weights, device=args.device, generator=torch.Generator())
+                         synthesizer=synth, generator=torch.Generator())
 
 
 def _check_spacing_for_mm(args: argparse.Namespace, tf, dataset, eligible: list[int]) -> None:
