@@ -10,6 +10,10 @@ function that builds data and models, then hands one *step function* to :func:`t
         out: str = "runs/mine"          # redeclare a field to change its default
         base_width: int = 16            # the trainer's own fields
 
+        def check(self) -> None:        # runs on every construction: bad values fail early
+            super().check()             # steps, batch_size, lr, workers ...
+            common.check_value(self, "base_width", minimum=1)
+
     def train(cfg: MyConfig) -> Path:
         d, out = common.start_run(cfg)                # DDP, seeds, <out>/config.yaml
         loader = common.make_loader(cfg, dataset, d)  # batch_size, workers, seeded shuffle
@@ -26,6 +30,10 @@ function that builds data and models, then hands one *step function* to :func:`t
             model.save_pretrained(out / "model")
         common.cleanup(d)
         return out / "model"
+
+``samples=`` (a function returning an image grid) adds ``samples/stepNNNNNN.png``. To make it a
+``cxr-nodule-aug train NAME`` task, add it to ``TASKS`` in :mod:`cxr_nodule_aug.cli.train` and
+bundle ``train/configs/NAME-cpu.yaml`` (tests resolve every bundled config against its task).
 
 Everything that must survive a resume goes into ``modules`` / ``optimizers`` / ``schedulers``;
 random draws inside ``step`` use the global generators (torch, numpy, python), which the
