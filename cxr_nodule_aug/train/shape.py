@@ -5,6 +5,7 @@ nodule; a labelled file (values 1, 2, ...) holds one nodule per value, as SimCXR
 ``masks/*_nodules.png`` do. ``pattern`` picks the files. Or ``data=lidc:SPLIT`` (train, val,
 test): the coronal silhouettes of the LIDC-IDRI nodules of that split (readers' >= 50 %
 consensus, coronal diameter >= ``lidc_min_diameter_mm``; needs the ``lidc`` extra).
+Or ``masks=OUT``: the pseudo masks ``cxr-nodule-aug masks`` derived from a box-only dataset.
 Each mask is size-modulated to ``norm_diameter_px`` on a ``norm_canvas`` grid, then resized to
 ``image_size`` (the paper: 100 px on 256, then 128 x 128).
 """
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class ShapeConfig:
     data: str = ""
+    masks: str = ""  # a ``cxr-nodule-aug masks`` output folder (box-only data); replaces data=
     pattern: str = "*.png"
     lidc_min_diameter_mm: float = 5.0
     out: str = "runs/shape"
@@ -177,9 +179,24 @@ class LIDCSilhouettes(MaskFolder):
         self.files = []
 
 
+def mask_source(cfg: ShapeConfig) -> str:
+    """``cfg.data``, or the mask folder of ``cfg.masks`` (a ``cxr-nodule-aug masks`` output)."""
+    if not cfg.masks:
+        return cfg.data
+    if cfg.data:
+        raise ValueError(f"give data= (a folder of mask PNGs or lidc:SPLIT) or masks= (a cxr-nodule-aug masks output), not both: "
+                         f"data={cfg.data!r}, masks={cfg.masks!r}")
+    from cxr_nodule_aug.datasets import nodule_mask_folder
+
+    return str(nodule_mask_folder(cfg.masks))
+
+
 def open_shape_data(cfg: ShapeConfig, augment: bool | None = None) -> MaskFolder:
-    """The training masks ``cfg.data`` names: a folder of PNG masks, or ``lidc:SPLIT``."""
+    """The training masks ``cfg.data`` names: a folder of PNG masks, or ``lidc:SPLIT``; or
+    ``cfg.masks``' pseudo masks."""
     augment = cfg.augment if augment is None else augment
+    if cfg.masks:
+        return MaskFolder(mask_source(cfg), cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment, "*.png")
     if str(cfg.data).startswith("lidc:"):
         split = str(cfg.data).split(":", 1)[1]
         from cxr_nodule_aug.lidc import SPLITS
@@ -192,7 +209,7 @@ def open_shape_data(cfg: ShapeConfig, augment: bool | None = None) -> MaskFolder
 
 
 def train(cfg: ShapeConfig) -> Path:
-    root = Path(cfg.data)
+    root = Path(mask_source(cfg))
     if root.is_dir():  # refuse a folder that is not masks before the run folder is made
         check_mask_files(root, sorted(root.rglob(cfg.pattern)))
     d, out = common.start_run(cfg)
