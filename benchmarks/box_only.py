@@ -12,7 +12,10 @@ image's 0.1-99.9 % window = 1), with the residual's true peak for scale.
     python benchmarks/box_only.py --data /work/data/boxonly_sim512 --out benchmarks/results/box_only
 
 writes ``OUT.json`` (summary by size bin, the configuration), ``OUT.csv`` (per nodule) and
-``OUT.md`` (the table).
+``OUT.md`` (the table). ``--rg1-figure docs/box_only_rg1.png`` also draws the extraction on the
+masses of the real radiograph in ``pydicom-data`` (``RG1_UNCR.dcm``; boxes read off the image by
+eye, :data:`RG1_MASSES`): per mass the crop, the background estimate, the residual and the
+pseudo mask's outline.
 """
 
 from __future__ import annotations
@@ -28,6 +31,49 @@ from pathlib import Path
 import torch
 
 BINS_MM = ((0.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, 1e9))
+# Three round masses of RG1_UNCR (1841 x 1955 px), boxed by eye at full resolution (XYXY): the
+# viewer's right mid and lower zones, the viewer's left lower zone.
+RG1_MASSES = ((1370, 765, 1550, 960), (1340, 1095, 1560, 1245), (370, 1055, 610, 1275))
+
+
+def rg1_figure(path: Path, tile: int = 200) -> list[dict]:
+    """Draw the extraction on RG1's masses; returns each mass's quality."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+    from scipy import ndimage
+
+    from cxr_nodule_aug.functional import to_working
+    from cxr_nodule_aug.functional.extraction import extract_nodules
+    from cxr_nodule_aug.io import read_image
+
+    import importlib.resources
+
+    image = read_image(importlib.resources.files("data_store") / "data" / "RG1_UNCR.dcm").to_tensor().as_subclass(torch.Tensor)
+    gray, _, _ = to_working(image)
+    g = gray.clamp(0, 1).numpy()
+    extractions = extract_nodules(image, torch.tensor(RG1_MASSES, dtype=torch.float32))
+    sheet = Image.new("RGB", (4 * tile, len(RG1_MASSES) * tile + 20), (0, 0, 0))
+    draw = ImageDraw.Draw(sheet)
+    for j, title in enumerate(("image", "background", "residual (x2)", "pseudo mask")):
+        draw.text((j * tile + 4, 4), title, fill=(255, 255, 0))
+    out = []
+    for i, e in enumerate(extractions):
+        x0, y0, x1, y1 = e.window_xyxy
+        crop = g[y0:y1, x0:x1]
+        mask = e.mask.numpy()
+        edge = mask & ~ndimage.binary_erosion(mask, iterations=2)
+        outlined = np.repeat((crop * 255).astype(np.uint8)[..., None], 3, 2)
+        outlined[edge] = (255, 220, 0) if e.fallback else (255, 0, 0)
+        panels = [crop, e.background.clamp(0, 1).numpy(), (0.5 + 2 * e.residual).clamp(0, 1).numpy()]
+        for j, p in enumerate(panels):
+            im = Image.fromarray((p * 255).astype(np.uint8)).convert("RGB").resize((tile, tile))
+            sheet.paste(im, (j * tile, 20 + i * tile))
+        sheet.paste(Image.fromarray(outlined).resize((tile, tile), Image.NEAREST), (3 * tile, 20 + i * tile))
+        out.append({"box_xyxy": list(RG1_MASSES[i]), "fallback": e.fallback, "reason": e.reason, "contrast": round(e.contrast, 4),
+                    "snr": round(e.snr, 2), "fill": round(e.fill, 3)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return out
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -104,7 +150,10 @@ def main() -> int:
     parser.add_argument("--level", type=float, default=0.2)
     parser.add_argument("--smooth", type=float, default=0.05)
     parser.add_argument("--priors", default="0,0.5,0.7,1", help="ellipse-prior weights to measure (the library default is 0.5)")
+    parser.add_argument("--rg1-figure", type=Path, default=None, help="also draw the extraction on RG1_UNCR's masses into this PNG")
     args = parser.parse_args()
+    if args.rg1_figure is not None:
+        print(json.dumps(rg1_figure(args.rg1_figure), indent=1))
     t0 = time.perf_counter()
     rows, tables = [], []
     for prior in (float(p) for p in args.priors.split(",")):

@@ -193,7 +193,7 @@ def test_box_only_end_to_end(node21, masks, tmp_path):
     """masks -> train shape -> train texture -> export -> train detector -> hem -> synthesize (with the
     box-only models) -> predict -> eval, every command through the CLI, tiny models."""
     runs = tmp_path / "runs"
-    assert main(["train", "shape", f"masks={masks}", f"out={runs / 'shape'}", "steps=2", "base_width=16", "d_width=16",
+    assert main(["train", "shape", "--config", "shape-cpu", f"masks={masks}", f"out={runs / 'shape'}", "steps=2", "base_width=16", "d_width=16",
                  "image_size=32", "batch_size=2", "sample_every=2", "checkpoint_every=2"]) == 0
     assert main(["train", "texture", f"data={node21}", "dataset=node21", f"masks={masks}", f"out={runs / 'texture'}", "steps=2",
                  "base_width=4", "d_width=8", "patch_size=32", "batch_size=2", "w_perceptual=0", "holdout_fraction=0",

@@ -176,16 +176,17 @@ class LIDCSilhouettes(MaskFolder):
         self.files = []
 
 
-def mask_source(cfg: ShapeConfig) -> str:
-    """``cfg.data``, or the mask folder of ``cfg.masks`` (a ``cxr-nodule-aug masks`` output)."""
+def mask_source(cfg: ShapeConfig) -> tuple[str, str]:
+    """(folder, file pattern): ``cfg.data`` and ``cfg.pattern``, or the mask folder of
+    ``cfg.masks`` (a ``cxr-nodule-aug masks`` output) and every PNG in it."""
     if not cfg.masks:
-        return cfg.data
+        return cfg.data, cfg.pattern
     if cfg.data:
         raise ValueError(f"give data= (a folder of mask PNGs or lidc:SPLIT) or masks= (a cxr-nodule-aug masks output), not both: "
                          f"data={cfg.data!r}, masks={cfg.masks!r}")
     from cxr_nodule_aug.datasets import nodule_mask_folder
 
-    return str(nodule_mask_folder(cfg.masks))
+    return str(nodule_mask_folder(cfg.masks)), "*.png"
 
 
 def open_shape_data(cfg: ShapeConfig, augment: bool | None = None) -> MaskFolder:
@@ -193,7 +194,8 @@ def open_shape_data(cfg: ShapeConfig, augment: bool | None = None) -> MaskFolder
     ``cfg.masks``' pseudo masks."""
     augment = cfg.augment if augment is None else augment
     if cfg.masks:
-        return MaskFolder(mask_source(cfg), cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment, "*.png")
+        folder, pattern = mask_source(cfg)
+        return MaskFolder(folder, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment, pattern)
     if str(cfg.data).startswith("lidc:"):
         split = str(cfg.data).split(":", 1)[1]
         from cxr_nodule_aug.lidc import SPLITS
@@ -206,9 +208,10 @@ def open_shape_data(cfg: ShapeConfig, augment: bool | None = None) -> MaskFolder
 
 
 def train(cfg: ShapeConfig) -> Path:
-    root = Path(mask_source(cfg))
+    folder, pattern = mask_source(cfg)
+    root = Path(folder)
     if root.is_dir():  # refuse a folder that is not masks before the run folder is made
-        check_mask_files(root, sorted(root.rglob(cfg.pattern)))
+        check_mask_files(root, sorted(root.rglob(pattern)))
     d, out = common.start_run(cfg)
 
     data = open_shape_data(cfg)
