@@ -39,8 +39,12 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class TextureConfig(common.RunConfig):
     """:class:`~cxr_nodule_aug.train.common.RunConfig` plus the inpainter's fields. ``lr`` is
-    G's learning rate, ``d_lr`` D's (the paper: a tenth); both drop 10x at ``lr_drop_step``."""
+    G's learning rate, ``d_lr`` D's (the paper: a tenth); both drop 10x at ``lr_drop_step``.
+    ``dataset``: the kind of ``data`` (default a SimCXR export); a box-only kind needs
+    ``masks``, a ``cxr-nodule-aug masks`` output folder."""
 
+    dataset: str = "simcxr"
+    masks: str = ""
     out: str = "runs/texture"
     steps: int = 6000
     batch_size: int = 8
@@ -203,15 +207,22 @@ def split_by_image(pairs: dict[str, torch.Tensor], holdout_fraction: float) -> t
 
 
 def load_pairs(data: str, cfg: TextureConfig) -> dict[str, torch.Tensor]:
-    """Pairs from a cache (``.pt`` written by this function) or a SimCXR export directory."""
+    """Pairs from a cache (``.pt`` written by this function), a SimCXR export directory, or a
+    box-only dataset (``cfg.dataset``) with the pseudo masks of ``cfg.masks``."""
     path = Path(data)
     if path.suffix == ".pt":
         return torch.load(path, weights_only=True)
     if not path.is_dir():
-        raise FileNotFoundError(f"data={data!r} is neither a SimCXR export directory nor a .pt pairs file")
-    from cxr_nodule_aug.datasets import SimCXRDataset
+        raise FileNotFoundError(f"data={data!r} is neither a dataset directory nor a .pt pairs file")
+    from cxr_nodule_aug.datasets import SimCXRDataset, open_dataset
 
-    dataset = SimCXRDataset(path, subset="nodule")
+    if cfg.dataset != "simcxr" or cfg.masks:
+        if not cfg.masks:
+            raise ValueError(f"dataset={cfg.dataset!r} has boxes, not nodule masks: derive them with 'cxr-nodule-aug masks --data {data} "
+                             f"--dataset {cfg.dataset} --out OUT' and pass masks=OUT")
+        dataset = open_dataset(cfg.dataset, path, nodule_masks=cfg.masks)
+    else:
+        dataset = SimCXRDataset(path, subset="nodule")
     return extract_patches(
         (dataset[i] for i in range(len(dataset))),
         cfg.patch_size,
