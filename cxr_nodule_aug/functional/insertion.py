@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cxr_nodule_aug.functional.composition import composition_of, nodule_change, run_model
 from cxr_nodule_aug.functional.intensity import check_image, from_working, to_working, value_limits
 from cxr_nodule_aug.functional.placement import InsertionError, PlacementError, check_diameters_fit, footprint_box, sample_centre, valid_centres
 from cxr_nodule_aug.functional.size import equivalent_diameter, modulate_size
+from cxr_nodule_aug.models.layer import DEFAULT_DENSITY
 from cxr_nodule_aug.models.shape import ShapeGenerator
 from cxr_nodule_aug.models.texture import TextureGenerator
 from cxr_nodule_aug.records import NoduleRecord
@@ -197,16 +199,21 @@ def _cut(
     return _Cut(image, records, gray, lo, hi, torch.cat(patches) if patches else empty, torch.cat(holes) if holes else empty, regions)
 
 
-def run_texture(texture_model: TextureGenerator, patches: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
-    """One texture-model call: (N, 1, P, P) patches and holes -> (N, 1, P, P) float32 output."""
-    if len(patches) == 0:
-        return patches.float()
-    with torch.inference_mode():
-        model_dtype = next(texture_model.parameters()).dtype
-        return texture_model(patches.to(model_dtype), holes.to(model_dtype)).fine.float()
+def run_texture(texture_model: TextureGenerator, patches: torch.Tensor, holes: torch.Tensor, densities: list[str] | None = None) -> torch.Tensor:
+    """One texture-model call: (N, 1, P, P) patches and holes -> (N, 1, P, P) float32 output
+    (the inpainted patch, or the layer of an additive model; see :func:`composition.run_model`)."""
+    return run_model(texture_model, patches, holes, densities)
 
 
-def _paste(cut: _Cut, fine: torch.Tensor, patch_size: int) -> InsertionResult:
+def record_densities(texture_model: torch.nn.Module, records: list[NoduleRecord]) -> list[str] | None:
+    """Each record's density class for an additive model (``DEFAULT_DENSITY`` where a record
+    has none); ``None`` for an inpainter, which takes no density."""
+    if composition_of(texture_model) != "additive":
+        return None
+    return [DEFAULT_DENSITY if r.density is None else r.density for r in records]
+
+
+def _paste(cut: _Cut, fine: torch.Tensor, patch_size: int, composition: str = "replace", densities: list[str] | None = None) -> InsertionResult:
     image, records = cut.image, cut.records
     device = image.device
     _, H, W = image.shape
@@ -230,11 +237,14 @@ def _paste(cut: _Cut, fine: torch.Tensor, patch_size: int) -> InsertionResult:
         gen = fine[i : i + 1]
         if R != patch_size:
             gen = F.interpolate(gen, size=(R, R), mode="bilinear", align_corners=False)
-        change = rec.contrast * (gen[0, 0] - region) * fp
+        change = nodule_change(composition, gen[0, 0], region, fp, rec.contrast)
         x0, y0, x1, y1 = box
         delta[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0] += change[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
         masks[i, y0:y1, x0:x1] = fp[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-        out_records.append(rec.replace(box_xyxy=tuple(map(float, box)), measured_diameter_px=round(float(equivalent_diameter(fp)), 3)))
+        done = rec.replace(box_xyxy=tuple(map(float, box)), measured_diameter_px=round(float(equivalent_diameter(fp)), 3))
+        if densities is not None:  # the density the layer was made with (a default filled in)
+            done = done.replace(density=densities[i])
+        out_records.append(done)
     out = image.clone()
     if n:
         # Only pixels inside the new nodules' masks are written: everything else keeps its bits,
@@ -302,10 +312,13 @@ def insert_nodules_batch(
     devices = {c.patches.device for c in cuts if len(c.patches)}
     if len(devices) > 1:
         raise ValueError(f"all images of a batch must be on one device, got {sorted(map(str, devices))}")
-    fine = run_texture(texture_model, torch.cat([c.patches for c in cuts]), torch.cat([c.holes for c in cuts])) if devices else None
+    composition = composition_of(texture_model)
+    densities = [record_densities(texture_model, c.records) for c in cuts]
+    all_densities = None if composition != "additive" else [d for ds in densities for d in ds]
+    fine = run_texture(texture_model, torch.cat([c.patches for c in cuts]), torch.cat([c.holes for c in cuts]), all_densities) if devices else None
     results, start = [], 0
-    for c in cuts:
+    for c, ds in zip(cuts, densities):
         n = len(c.records)
-        results.append(_paste(c, fine[start : start + n] if fine is not None else c.patches, texture_model.patch_size))
+        results.append(_paste(c, fine[start : start + n] if fine is not None else c.patches, texture_model.patch_size, composition, ds))
         start += n
     return results

@@ -1,0 +1,178 @@
+"""Additive composition (issue 13): the layer model, its training pairs and the engine's
+``additive`` path. Tiny models, built in the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cxr_nodule_aug.functional.composition import composition_of, nodule_change, run_model
+from cxr_nodule_aug.functional.insertion import insert_nodules
+from cxr_nodule_aug.models.layer import DENSITY_CLASSES, LayerGenerator, density_of_sim_nodule, density_planes
+from cxr_nodule_aug.models.shape import ShapeGenerator
+from cxr_nodule_aug.models.texture import TextureGenerator
+from cxr_nodule_aug.records import NoduleRecord
+
+
+def _tiny_layer(**kw) -> LayerGenerator:
+    torch.manual_seed(0)
+    return LayerGenerator(base_width=4, patch_size=32, **kw).eval()
+
+
+def test_layer_is_non_negative_bounded_and_zero_outside_the_mask():
+    model = _tiny_layer(max_layer=0.5)
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(3, 1, 32, 32, generator=g)
+    mask = torch.zeros(3, 1, 32, 32)
+    mask[:, :, 8:20, 10:24] = 1
+    out = model(image, mask, ["ground_glass", "solid", "calcified"])
+    for layer in out:
+        assert layer.shape == (3, 1, 32, 32)
+        assert (layer >= 0).all() and (layer <= 0.5).all()
+        assert (layer[mask == 0] == 0).all()
+        assert (layer[mask == 1] > 0).all()
+
+
+def test_density_condition_changes_the_output_and_is_checked():
+    model = _tiny_layer()
+    image, mask = torch.rand(1, 1, 32, 32), torch.ones(1, 1, 32, 32)
+    outs = [model(image, mask, [c]).fine for c in DENSITY_CLASSES]
+    assert not torch.equal(outs[0], outs[3])
+    # indices and one-hot weights are the same condition as names
+    assert torch.equal(model(image, mask, torch.tensor([2])).fine, outs[2])
+    assert torch.equal(model(image, mask, torch.tensor([[0.0, 0.0, 1.0, 0.0]])).fine, outs[2])
+    with pytest.raises(ValueError, match="density must be one of"):
+        model(image, mask, ["dense"])
+    with pytest.raises(ValueError, match="one class per patch"):
+        model(image, mask, ["solid", "solid"])
+    with pytest.raises(ValueError, match="indices must lie in"):
+        density_planes(torch.tensor([4]), 1)
+
+
+def test_layer_model_arguments_are_checked():
+    with pytest.raises(ValueError, match="patch_size"):
+        LayerGenerator(patch_size=30)
+    with pytest.raises(ValueError, match="max_layer"):
+        LayerGenerator(max_layer=0.0)
+    model = _tiny_layer()
+    with pytest.raises(ValueError, match="mask must be"):
+        model(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 16, 16), ["solid"])
+
+
+def test_layer_model_round_trips_through_save_and_load(tmp_path):
+    from cxr_nodule_aug import load_model
+
+    model = _tiny_layer()
+    model.save_pretrained(tmp_path / "layer")
+    loaded = load_model(tmp_path / "layer")
+    assert isinstance(loaded, LayerGenerator) and loaded.config == model.config
+    x, m = torch.rand(2, 1, 32, 32), torch.ones(2, 1, 32, 32)
+    assert torch.equal(loaded(x, m, ["solid", "part_solid"]).fine, model(x, m, ["solid", "part_solid"]).fine)
+
+
+def test_record_density_classes_match_the_model():
+    from cxr_nodule_aug import records
+
+    assert records._DENSITY_CLASSES == DENSITY_CLASSES
+    with pytest.raises(ValueError, match="density must be one of"):
+        NoduleRecord(center_xy=(1, 1), diameter_px=4.0, seed=0, density="dense")
+    r = NoduleRecord(center_xy=(1, 1), diameter_px=4.0, seed=0, density="calcified")
+    assert NoduleRecord.from_dict(r.to_dict()) == r
+
+
+def test_density_of_sim_nodule():
+    assert density_of_sim_nodule({"density": "solid", "calcification": "core"}) == "calcified"
+    assert density_of_sim_nodule({"density": "ground_glass", "calcification": "none"}) == "ground_glass"
+    assert density_of_sim_nodule({"density": "part_solid"}) == "part_solid"
+
+
+def test_nodule_change_replace_erases_additive_keeps_what_lies_behind():
+    region = torch.rand(8, 8)
+    fp = torch.zeros(8, 8, dtype=torch.bool)
+    fp[2:6, 2:6] = True
+    layer = torch.full((8, 8), 0.1)
+    add = nodule_change("additive", layer, region, fp)
+    rep = nodule_change("replace", torch.full((8, 8), 0.5), region, fp)
+    assert torch.allclose((region + add)[fp], region[fp] + 0.1)  # the detail behind survives
+    assert torch.allclose((region + rep)[fp], torch.full((16,), 0.5))  # erased
+    assert (add[~fp] == 0).all() and (rep[~fp] == 0).all()
+    with pytest.raises(ValueError, match="composition must be one of"):
+        nodule_change("overlay", layer, region, fp)
+
+
+def test_run_model_dispatches_on_the_models_composition():
+    layer, texture = _tiny_layer(), TextureGenerator(base_width=4, patch_size=32).eval()
+    assert composition_of(layer) == "additive" and composition_of(texture) == "replace"
+    x, m = torch.rand(2, 1, 32, 32), torch.ones(2, 1, 32, 32)
+    with pytest.raises(ValueError, match="needs one density per nodule"):
+        run_model(layer, x, m)
+    assert run_model(layer, x, m, ["solid", "solid"]).shape == (2, 1, 32, 32)
+
+
+def test_additive_insertion_keeps_the_detail_behind_the_nodule():
+    """The anatomy under an additively inserted nodule survives: the change is a smooth,
+    non-negative layer, so image - original is >= 0 inside the mask and 0 outside, and the
+    high-frequency content of the original inside the mask is still there."""
+    torch.manual_seed(0)
+    shape = ShapeGenerator(latent_dim=8, base_width=16, image_size=16).eval()
+    layer = _tiny_layer()
+    g = torch.Generator().manual_seed(3)
+    image = (torch.rand(1, 96, 96, generator=g) * 0.6 + 0.2).float()
+    recs = [NoduleRecord(center_xy=(48, 48), diameter_px=14.0, seed=5, density="calcified")]
+    res = insert_nodules(image, recs, shape, layer)
+    mask = res.masks[0]
+    diff = res.image[0] - image[0]
+    assert mask.any() and (diff[~mask] == 0).all()
+    assert (diff[mask] >= 0).all() and (diff[mask] > 0).any()
+    assert res.records[0].density == "calcified"
+    # no density on the record: the default, written back into the record
+    res2 = insert_nodules(image, [recs[0].replace(density=None)], shape, layer)
+    assert res2.records[0].density == "solid"
+    # the same record replays exactly
+    assert torch.equal(insert_nodules(image, recs, shape, layer).image, res.image)
+
+
+def test_extract_layer_pairs_recovers_the_exact_layer_under_the_nodule_free_window():
+    from cxr_nodule_aug.functional.intensity import to_working
+    from cxr_nodule_aug.train.layer import extract_layer_pairs, paired_intensity
+
+    g = torch.Generator().manual_seed(0)
+    free = torch.rand(1, 80, 80, generator=g) * 0.5 + 0.2
+    yy, xx = torch.meshgrid(torch.arange(80), torch.arange(80), indexing="ij")
+    disc = ((yy - 40) ** 2 + (xx - 30) ** 2) <= 25
+    _, lo, hi = to_working(free)
+    nodule = free + 0.05 * (hi - lo) * disc
+    target = {"image_nodule_free": free, "masks": disc[None], "sim_nodules": [{"params": {"density": "part_solid", "calcification": "none"}}]}
+    pairs = extract_layer_pairs([(nodule, target)], patch_size=32, max_fill=0.5)
+    assert pairs["layer"].shape == (1, 1, 32, 32) and pairs["density"].tolist() == [1]
+    m = pairs["mask"] > 0
+    assert int(m.sum()) == int(disc.sum())
+    assert torch.allclose(pairs["layer"][m], torch.full((int(m.sum()),), 0.05), atol=1e-5)
+    assert (pairs["layer"][~m] == 0).all()
+    # a paired grey-level map keeps the layer non-negative (the map is monotonic)
+    c, n = paired_intensity(pairs["context"], pairs["nodule"], (0.5, 1.5), (0.8, 1.2), torch.Generator().manual_seed(1))
+    assert ((n - c)[m] >= 0).all()
+    with pytest.raises(ValueError, match="image_nodule_free"):
+        extract_layer_pairs([(nodule, {"masks": disc[None]})], patch_size=32, max_fill=0.5)
+
+
+def test_layer_training_runs_and_resumes(tmp_path):
+    from cxr_nodule_aug.train.layer import LayerConfig, train
+
+    g = torch.Generator().manual_seed(0)
+    n = 12
+    mask = torch.zeros(n, 1, 32, 32)
+    mask[:, :, 10:22, 10:22] = 1
+    context = torch.rand(n, 1, 32, 32, generator=g) * 0.5
+    layer = 0.05 * mask
+    pairs = {"context": context, "nodule": context + layer, "layer": layer, "mask": mask, "density": torch.arange(n) % 4,
+             "image_index": torch.arange(n), "diameter_px": torch.full((n,), 12.0)}
+    cfg = LayerConfig(out=str(tmp_path / "run"), steps=4, batch_size=4, base_width=4, patch_size=32, log_every=2, sample_every=4,
+                      checkpoint_every=2, holdout_fraction=0.25, device="cpu")
+    out = train(cfg, pairs)
+    model = LayerGenerator.from_pretrained(out)
+    assert model.config["patch_size"] == 32
+    cfg.steps = 6
+    train(cfg, pairs)  # resumes from the step-4 checkpoint
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
