@@ -176,3 +176,23 @@ def test_layer_training_runs_and_resumes(tmp_path):
     train(cfg, pairs)  # resumes from the step-4 checkpoint
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
+
+
+def test_density_sampler_draws_known_classes_reproducibly():
+    from cxr_nodule_aug.samplers import DensityChoice, as_density_sampler
+    from cxr_nodule_aug.samplers.density import draw_densities
+
+    s = as_density_sampler({"ground_glass": 1, "solid": 3})
+    a = draw_densities(s, 50, torch.Generator().manual_seed(0))
+    b = draw_densities(s, 50, torch.Generator().manual_seed(0))
+    assert a == b and set(a) == {"ground_glass", "solid"}
+    assert as_density_sampler("calcified")(3) == ["calcified"] * 3
+    assert set(as_density_sampler(["part_solid", "solid"])(40, torch.Generator().manual_seed(1))) == {"part_solid", "solid"}
+    with pytest.raises(ValueError, match="density must be one of"):
+        DensityChoice("dense")
+    with pytest.raises(ValueError, match="must not all be 0"):
+        DensityChoice({"solid": 0})
+    with pytest.raises(TypeError, match="density must be"):
+        as_density_sampler(3)
+    with pytest.raises(ValueError, match="expected names from"):
+        draw_densities(lambda n, generator=None: ["x"] * n, 2, None)
