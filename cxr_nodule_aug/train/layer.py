@@ -245,7 +245,7 @@ def train(cfg: LayerConfig, pairs: dict[str, torch.Tensor] | None = None) -> Pat
                 G.train()
                 held_l1 = float(((h_fine - held["layer"].to(d.device)).abs() * held["mask"].to(d.device)).sum() / held["mask"].sum().clamp_min(1)) if h_fine is not None else float("nan")
             metrics.write(step, lr=sched_g.get_last_lr()[0], loss_g=float(loss_g.detach()), loss_d=float(loss_d.detach()), l1_coarse=float(l1c.detach()), l1_fine=float(l1f.detach()), adversarial=float(adv.detach()), holdout_mask_l1=held_l1)
-            bar.set_postfix(l1=f"{float(l1f):.4f}", held=f"{held_l1:.4f}")
+            bar.set_postfix(l1=f"{float(l1f.detach()):.4f}", held=f"{held_l1:.4f}")
         if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
             G.eval()
             with torch.no_grad():
