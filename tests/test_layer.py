@@ -196,3 +196,25 @@ def test_density_sampler_draws_known_classes_reproducibly():
         as_density_sampler(3)
     with pytest.raises(ValueError, match="expected names from"):
         draw_densities(lambda n, generator=None: ["x"] * n, 2, None)
+
+
+def test_additive_composition_returns_the_layer_on_each_canvas():
+    from types import SimpleNamespace
+
+    from cxr_nodule_aug.functional.composition import additive_composition
+
+    model = _tiny_layer()
+    g = torch.Generator().manual_seed(0)
+    holes = torch.zeros(3, 1, 32, 32)
+    holes[:, :, 8:24, 8:24] = 1
+    cuts = [SimpleNamespace(patches=torch.rand(2, 1, 32, 32, generator=g), holes=holes[:2], regions=[torch.rand(32, 32), torch.rand(64, 64)]),
+            SimpleNamespace(patches=torch.rand(1, 1, 32, 32, generator=g), holes=holes[2:], regions=[torch.rand(32, 32)])]
+    recs = [[NoduleRecord((5, 5), 8.0, 0, density="ground_glass"), NoduleRecord((9, 9), 8.0, 1, density="calcified")], [NoduleRecord((5, 5), 8.0, 2)]]
+    changes = additive_composition(model, cuts, recs)
+    assert [[tuple(c.shape) for c in per] for per in changes] == [[(32, 32), (64, 64)], [(32, 32)]]
+    assert all((c >= 0).all() for per in changes for c in per)
+    direct = model(cuts[0].patches, cuts[0].holes, ["ground_glass", "calcified"]).fine
+    assert torch.allclose(changes[0][0], direct[0, 0])
+    solid = model(cuts[1].patches, cuts[1].holes, ["solid"]).fine  # no density on the record: the default
+    assert torch.allclose(changes[1][0], solid[0, 0])
+    assert additive_composition(model, [], []) == []

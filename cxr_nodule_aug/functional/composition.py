@@ -69,3 +69,39 @@ def run_model(model: torch.nn.Module, patches: torch.Tensor, holes: torch.Tensor
                 raise ValueError(f"an additive model needs one density per nodule ({len(patches)}), got {None if densities is None else len(densities)}")
             return model(patches.to(dtype), holes.to(dtype), list(densities)).fine.float()
         return model(patches.to(dtype), holes.to(dtype)).fine.float()
+
+
+def additive_composition(layer_model: torch.nn.Module, cuts: list, records: list) -> list[list[torch.Tensor]]:
+    """The engine's ``"additive"`` composition mode: one layer-model call for every nodule of
+    every image; per image and nodule the (R, R) change = the layer resampled to the canvas
+    (the engine keeps it inside the footprint and scales it by ``contrast``).
+
+    ``cuts``: per image, the engine's cut (``patches`` (N, 1, P, P), ``holes``, ``regions``
+    (R, R) each); ``records``: per image, the nodules' records, whose ``density`` is the
+    condition (``DEFAULT_DENSITY`` where it is ``None``).
+    """
+    import torch.nn.functional as F
+
+    from cxr_nodule_aug.models.layer import DEFAULT_DENSITY
+
+    if len(cuts) != len(records):
+        raise ValueError(f"cuts and records must pair up per image, got {len(cuts)} and {len(records)}")
+    n = sum(len(c.regions) for c in cuts)
+    if n == 0:
+        return [[] for _ in cuts]
+    densities = [DEFAULT_DENSITY if r.density is None else r.density for recs in records for r in recs]
+    if len(densities) != n:
+        raise ValueError(f"one record per cut nodule is needed, got {len(densities)} records for {n} nodules")
+    layers = run_model(layer_model, torch.cat([c.patches for c in cuts]), torch.cat([c.holes for c in cuts]), densities)
+    out, start = [], 0
+    for c in cuts:
+        changes = []
+        for i, region in enumerate(c.regions):
+            layer = layers[start + i : start + i + 1]
+            R = region.shape[-1]
+            if R != layer.shape[-1]:
+                layer = F.interpolate(layer, size=(R, R), mode="bilinear", align_corners=False)
+            changes.append(layer[0, 0].clamp_min(0))  # bilinear resampling keeps it >= 0; explicit
+        out.append(changes)
+        start += len(c.regions)
+    return out
