@@ -25,8 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
-from tqdm import tqdm
+from torch.utils.data import TensorDataset
 
 from cxr_nodule_aug.functional.insertion import cut_patch, region_side
 from cxr_nodule_aug.functional.intensity import to_working
@@ -34,24 +33,28 @@ from cxr_nodule_aug.functional.size import equivalent_diameter
 from cxr_nodule_aug.models.layer import DENSITY_CLASSES, LayerGenerator, density_of_sim_nodule
 from cxr_nodule_aug.models.texture import PatchDiscriminator
 from cxr_nodule_aug.train import common
+from cxr_nodule_aug.train.texture import split_by_image
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class LayerConfig:
-    data: str = ""
+class LayerConfig(common.RunConfig):
+    """:class:`~cxr_nodule_aug.train.common.RunConfig` plus the layer model's fields. ``lr`` is
+    the model's learning rate (``d_lr`` the optional discriminator's); both drop 10x at
+    ``lr_drop_step``. ``w_adversarial`` > 0 adds LSGAN on the composite (context + layer)."""
+
     out: str = "runs/layer"
     steps: int = 4000
-    lr_drop_step: int = 3000
     batch_size: int = 16
     lr: float = 5e-4
-    d_lr_ratio: float = 0.1
+    d_lr: float = 5e-5
+    lr_drop_step: int = 3000
     betas: tuple = (0.5, 0.999)
     base_width: int = 8
     d_width: int = 16
     num_stages: int = 2
-    patch_size: int = 64
+    patch_size: int = 32
     max_fill: float = 0.5
     max_layer: float = 1.0
     w_l1_coarse: float = 1.0
@@ -61,11 +64,6 @@ class LayerConfig:
     jitter: float = 0.125
     gamma_range: tuple = (0.3, 1.5)  # per-pair intensity augmentation; (1, 1) switches it off
     contrast_range: tuple = (0.7, 1.3)
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 50
-    sample_every: int = 500
-    checkpoint_every: int = 250
 
 
 def extract_layer_pairs(
@@ -160,20 +158,11 @@ def paired_intensity(context: torch.Tensor, nodule: torch.Tensor, gamma_range: t
     return f(context), f(nodule)
 
 
-def split_by_image(pairs: dict[str, torch.Tensor], holdout_fraction: float) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Hold out the last images (all their nodules)."""
-    images = pairs["image_index"]
-    n_images = int(images.max()) + 1
-    n_hold = max(1, math.ceil(n_images * holdout_fraction)) if holdout_fraction > 0 else 0
-    held = images >= n_images - n_hold
-    return ({k: v[~held] for k, v in pairs.items()}, {k: v[held] for k, v in pairs.items()})
-
-
 def train(cfg: LayerConfig, pairs: dict[str, torch.Tensor] | None = None) -> Path:
     d, out = common.start_run(cfg)
     if pairs is None:
         cache = out / "pairs.pt"
-        if cache.exists():
+        if cache.exists():  # resuming: the same pairs, without re-reading the images
             pairs = torch.load(cache, weights_only=True)
         else:
             pairs = load_layer_pairs(cfg.data, cfg.patch_size, cfg.max_fill, jitter=cfg.jitter, seed=cfg.seed)
@@ -185,48 +174,38 @@ def train(cfg: LayerConfig, pairs: dict[str, torch.Tensor] | None = None) -> Pat
         (out / "split.json").write_text(json.dumps({"train_pairs": len(train_pairs["context"]), "holdout_pairs": len(held["context"]),
                                                     "train_density_counts": dict(zip(DENSITY_CLASSES, counts))}))
     data = TensorDataset(train_pairs["context"].float(), train_pairs["nodule"].float(), train_pairs["mask"].float(), train_pairs["density"])
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) >= cfg.batch_size,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    loader = common.make_loader(cfg, data, d)
     G = LayerGenerator(cfg.base_width, cfg.num_stages, cfg.patch_size, cfg.max_fill, cfg.max_layer).to(d.device)
     D = PatchDiscriminator(1, cfg.d_width).to(d.device) if cfg.w_adversarial > 0 else None
+    Gd = common.wrap_ddp(G, d)
+    Dd = common.wrap_ddp(D, d) if D is not None else None
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr * cfg.d_lr_ratio, betas=tuple(cfg.betas)) if D is not None else None
     drop = lambda step: 1.0 if step < cfg.lr_drop_step else 0.1  # noqa: E731
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, drop)
-    modules, optimizers, schedulers = {"G": G}, {"G": opt_g}, {"G": sched_g}
+    modules, optimizers = {"G": G}, {"G": opt_g}
+    schedulers = {"G": torch.optim.lr_scheduler.LambdaLR(opt_g, drop)}
     if D is not None:
-        modules["D"], optimizers["D"] = D, opt_d
-    ckpt = out / "checkpoint.pt"
-    step, state = 0, {}
-    if ckpt.exists():
-        state = common.load_checkpoint(ckpt, modules=modules, optimizers=optimizers, schedulers=schedulers, map_location=d.device)
-        step = int(state["step"])
-        log.info("resumed from %s at step %d", ckpt, step)
-    show = held if len(held["context"]) else train_pairs
-    n_show = min(8, len(show["context"]))
-    metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
-    metrics.truncate_after(step)
-    batches = common.Batches(loader, None, state=state.get("data"), step=step)
-    aug = torch.Generator().manual_seed(cfg.seed + 1 + step)
-    G.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="layer", disable=not d.is_main, dynamic_ncols=True)
-    while step < cfg.steps:
-        context, nodule, mask, density = (t.to(d.device) for t in next(batches))
-        if torch.rand(1, generator=aug).item() < 0.5:
+        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas))
+        modules["D"], optimizers["D"], schedulers["D"] = D, opt_d, torch.optim.lr_scheduler.LambdaLR(opt_d, drop)
+    held_t = {k: held[k].to(d.device) for k in ("context", "mask", "density", "layer")} if len(held["context"]) else None
+
+    def step(batch, n):
+        context, nodule, mask, density = (t.to(d.device) for t in batch)
+        if torch.rand(1).item() < 0.5:  # left-right flips (global RNG: restored on resume)
             context, nodule, mask = context.flip(-1), nodule.flip(-1), mask.flip(-1)
-        context, nodule = paired_intensity(context, nodule, cfg.gamma_range, cfg.contrast_range, aug)
+        context, nodule = paired_intensity(context, nodule, cfg.gamma_range, cfg.contrast_range)
         target = (nodule - context) * mask
-        coarse, fine = G(context, mask, density)
+        coarse, fine = Gd(context, mask, density)
         composite = context + fine
-        loss_d = torch.zeros((), device=d.device)
+        metrics = {}
         adv = torch.zeros((), device=d.device)
-        if D is not None:
-            scores = D(torch.cat([context + target, composite.detach()]), torch.cat([mask, mask]))
+        if Dd is not None:
+            scores = Dd(torch.cat([context + target, composite.detach()]), torch.cat([mask, mask]))
             loss_d = common.lsgan_d_loss(scores[: len(context)], scores[len(context) :])
-            opt_d.zero_grad(set_to_none=True)
+            optimizers["D"].zero_grad(set_to_none=True)
             loss_d.backward()
-            opt_d.step()
-            adv = common.lsgan_g_loss(D(composite, mask))
+            optimizers["D"].step()
+            adv = common.lsgan_g_loss(Dd(composite, mask))
+            metrics.update(loss_d=loss_d, adversarial=adv)
         # L1 over the mask's pixels (the layer is 0 outside it by construction).
         n_in = mask.sum().clamp_min(1)
         l1c = (coarse - target).abs().sum() / n_in
@@ -235,32 +214,34 @@ def train(cfg: LayerConfig, pairs: dict[str, torch.Tensor] | None = None) -> Pat
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        sched_g.step()
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        for s in schedulers.values():
+            s.step()
+        metrics.update(loss_g=loss_g, l1_coarse=l1c, l1_fine=l1f, lr=schedulers["G"].get_last_lr()[0])
+        if held_t is not None and common.due(n, cfg.log_every, cfg.steps):
             with torch.no_grad():
                 G.eval()
-                h_fine = G(held["context"].float().to(d.device), held["mask"].float().to(d.device), held["density"].to(d.device)).fine if len(held["context"]) else None
+                h = G(held_t["context"].float(), held_t["mask"].float(), held_t["density"]).fine
                 G.train()
-                held_l1 = float(((h_fine - held["layer"].to(d.device)).abs() * held["mask"].to(d.device)).sum() / held["mask"].sum().clamp_min(1)) if h_fine is not None else float("nan")
-            metrics.write(step, lr=sched_g.get_last_lr()[0], loss_g=float(loss_g.detach()), loss_d=float(loss_d.detach()), l1_coarse=float(l1c.detach()), l1_fine=float(l1f.detach()), adversarial=float(adv.detach()), holdout_mask_l1=held_l1)
-            bar.set_postfix(l1=f"{float(l1f.detach()):.4f}", held=f"{held_l1:.4f}")
-        if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
-            G.eval()
-            with torch.no_grad():
-                c, m, dn = show["context"][:n_show].float(), show["mask"][:n_show].float(), show["density"][:n_show]
-                lay = G(c.to(d.device), m.to(d.device), dn.to(d.device)).fine.cpu()
-                scale = max(float(show["layer"][:n_show].max()), 1e-6)
-                common.save_grid(torch.cat([c, c + lay, show["nodule"][:n_show].float(), lay / scale, show["layer"][:n_show] / scale]).clamp(0, 1),
-                                 out / "samples" / f"step{step:06d}.png", nrow=n_show)
-            G.train()
-        if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            common.save_checkpoint(ckpt, step=step, modules=modules, optimizers=optimizers, schedulers=schedulers, data=batches)
-    bar.close()
+            metrics["holdout_mask_l1"] = ((h - held_t["layer"]).abs() * held_t["mask"]).sum() / held_t["mask"].sum().clamp_min(1)
+        return metrics
+
+    show = held if len(held["context"]) else train_pairs
+    n_show = min(8, len(show["context"]))
+
+    def samples(batch):
+        c, m, dn = (show[k][:n_show].to(d.device) for k in ("context", "mask", "density"))
+        lay = G(c.float(), m.float(), dn).fine.cpu()
+        true = show["layer"][:n_show].float()
+        scale = max(float(true.max()), 1e-6)
+        grid = torch.cat([c.cpu().float(), c.cpu().float() + lay, show["nodule"][:n_show].float(), lay / scale, true / scale]).clamp(0, 1)
+        return grid, n_show
+
+    step_n = common.train_loop(cfg, d, out, loader, step, modules=modules, optimizers=optimizers, schedulers=schedulers,
+                               samples=samples, name="layer", show=("l1_fine", "holdout_mask_l1"))
     if d.is_main:
         G.eval()
-        meta = {"trained_steps": step, "data": str(cfg.data), "train_pairs": len(train_pairs["context"]), "loss": "L1 on the layer (coarse + fine)" + (" + LSGAN" if D is not None else "")}
+        meta = {"trained_steps": step_n, "data": str(cfg.data), "train_pairs": len(train_pairs["context"]),
+                "loss": "L1 on the layer (coarse + fine)" + (" + LSGAN on the composite" if D is not None else "")}
         G.save_pretrained(out / "model", metadata=meta)
     common.cleanup(d)
     return out / "model"
