@@ -56,13 +56,13 @@ from scipy import ndimage
 
 from cxr_nodule_aug.baselines import PasteBlendInpainter, contrast_ratio
 from cxr_nodule_aug.eval.quality import quality_metrics, summarize
-from cxr_nodule_aug.functional.composition import composition_of, nodule_change, run_model
-from cxr_nodule_aug.functional.insertion import cut_patch, insert_nodules, nodule_footprints, place_nodules, region_side
+from cxr_nodule_aug.functional.insertion import cut_nodules, insert_nodules, nodule_footprints, place_nodules, region_side
 from cxr_nodule_aug.functional.intensity import to_working
 from cxr_nodule_aug.functional.size import equivalent_diameter
 from cxr_nodule_aug.hub import load_model
 from cxr_nodule_aug.models.layer import DENSITY_CLASSES, density_of_sim_nodule
 from cxr_nodule_aug.records import NoduleRecord
+from cxr_nodule_aug.synthesizer import composition_function
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LABELS = {"additive": "Additive layer (ours, issue 13)", "replace": "Replace: texture inpainter (the paper)",
@@ -70,10 +70,11 @@ LABELS = {"additive": "Additive layer (ours, issue 13)", "replace": "Replace: te
 
 
 # -- one nodule, one method ------------------------------------------------------------------------
-def method_change(model: torch.nn.Module, gray: torch.Tensor, mask: torch.Tensor, density: str) -> torch.Tensor:
+def method_change(model: torch.nn.Module, composition: str, gray: torch.Tensor, mask: torch.Tensor, density: str) -> torch.Tensor:
     """(H, W) working-space change ``model`` makes when it inserts the nodule ``mask`` (H, W)
-    into ``gray``, cut and composed as the engine does (one nodule, contrast 1)."""
-    H, W = gray.shape
+    into ``gray`` with the engine's ``composition`` mode: the engine's cut
+    (:func:`cut_nodules`) and composition function, pasted (contrast 1) as
+    :func:`paste_nodules` pastes, but kept in the working domain."""
     ys, xs = torch.nonzero(mask, as_tuple=True)
     y0, x0 = int(ys.min()), int(xs.min())
     h, w = int(ys.max()) + 1 - y0, int(xs.max()) + 1 - x0
@@ -82,16 +83,20 @@ def method_change(model: torch.nn.Module, gray: torch.Tensor, mask: torch.Tensor
     fp = torch.zeros(R, R, dtype=torch.bool)
     top, left = (R - h) // 2, (R - w) // 2
     fp[top : top + h, left : left + w] = mask[y0 : y0 + h, x0 : x0 + w]
-    cut = cut_patch(gray, (x0 + w // 2, y0 + h // 2), fp, model.patch_size, model.mask_type)
-    comp = composition_of(model)
-    gen = run_model(model, cut.patch, cut.hole, [density] if comp == "additive" else None)
-    if R != model.patch_size:
-        gen = F.interpolate(gen, size=(R, R), mode="bilinear", align_corners=False)
-    change = nodule_change(comp, gen[0, 0], cut.region, cut.footprint)
+    centre = (x0 + w // 2, y0 + h // 2)
+    cut = cut_nodules(gray[None], [centre], [fp], model.patch_size, model.mask_type, working=(gray, 0.0, 1.0))
+    record = NoduleRecord(center_xy=centre, diameter_px=d, seed=0, density=density if composition == "additive" else None)
+    ((change,),) = composition_function(composition)(model, [cut], [[record]])
+    change = change * cut.footprints[0]
     out = torch.zeros_like(gray)
-    oy, ox = cut.origin_yx
+    oy, ox = cut.origins_yx[0]
     out[y0:y0 + h, x0:x0 + w] = change[y0 - oy : y0 - oy + h, x0 - ox : x0 - ox + w]
     return out
+
+
+def mode_of(name: str) -> str:
+    """The engine's composition mode of a benchmark row."""
+    return "additive" if name == "additive" else "replace"
 
 
 def crop(img: torch.Tensor, cy: int, cx: int, side: int, size: int, mode: str = "bilinear") -> torch.Tensor:
@@ -110,6 +115,8 @@ def dilate(mask: torch.Tensor, px: int) -> torch.Tensor:
 
 
 def collect(data: Path, models: dict[str, torch.nn.Module], crop_px: int, limit: int | None, additive: torch.nn.Module | None) -> dict:
+    """``models``: name -> model; the name ``"additive"`` is composed additively, every other
+    (an inpainter) by replacement."""
     """Per nodule of the export: reference / nodule-free / per-method crops, mask crop,
     density, image index; and the additive model's mean layer per density condition."""
     from cxr_nodule_aug.datasets import SimCXRDataset
@@ -144,13 +151,13 @@ def collect(data: Path, models: dict[str, torch.nn.Module], crop_px: int, limit:
             out["free"].append(crop(gray_free, cy, cx, side, crop_px))
             out["mask"].append(crop(m.float(), cy, cx, side, crop_px) > 0.5)
             for name, model in models.items():
-                out[f"m_{name}"].append(crop(gray_free + method_change(model, gray_free, m, density), cy, cx, side, crop_px))
+                out[f"m_{name}"].append(crop(gray_free + method_change(model, mode_of(name), gray_free, m, density), cy, cx, side, crop_px))
             out["density"].append(DENSITY_CLASSES.index(density))
             out["image"].append(i)
             out["diameter_px"].append(float(equivalent_diameter(m)))
             out["true_layer_mean"].append(float((gray_nod - gray_free)[m].mean()))
             if additive is not None:
-                out["layer_by_condition"].append([float(method_change(additive, gray_free, m, c)[m].mean()) for c in DENSITY_CLASSES])
+                out["layer_by_condition"].append([float(method_change(additive, "additive", gray_free, m, c)[m].mean()) for c in DENSITY_CLASSES])
         print(f"\r  {i + 1}/{n_img} images, {len(out['image'])} nodules", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     res = {k: (torch.stack(v)[:, None] if k in ("reference", "free", "mask") or k.startswith("m_") else torch.tensor(v)) for k, v in out.items() if v}
@@ -258,7 +265,9 @@ def kept_detail(models: dict[str, torch.nn.Module], weights: Path, n: int, diame
         per = []
         shots[name] = []
         for r in records:
-            res = insert_nodules(image, [r.replace(density=r.density if composition_of(model) == "additive" else None)], shape_model, model)
+            mode = mode_of(name)
+            res = insert_nodules(image, [r.replace(density=r.density if mode == "additive" else None)], shape_model, model,
+                                 composition=composition_function(mode))
             after = ((res.image.as_subclass(torch.Tensor)[0].float() - lo) / (hi - lo)).numpy()
             mask = res.masks[0].numpy()
             core = ndimage.binary_erosion(mask, iterations=3)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cxr_nodule_aug.functional.composition import composition_of, nodule_change, run_model
-from cxr_nodule_aug.functional.insertion import insert_nodules
+from conftest import EllipseShapeGenerator, make_image, make_target
+
+from cxr_nodule_aug import InsertNodules, NoduleInpaint, NoduleSynthesizer
+from cxr_nodule_aug.functional.composition import additive_composition, run_layer
+from cxr_nodule_aug.functional.insertion import insert_nodules, replace_composition
 from cxr_nodule_aug.models.layer import DENSITY_CLASSES, LayerGenerator, density_of_sim_nodule, density_planes
-from cxr_nodule_aug.models.shape import ShapeGenerator
 from cxr_nodule_aug.models.texture import TextureGenerator
 from cxr_nodule_aug.records import NoduleRecord
 
@@ -86,50 +88,66 @@ def test_density_of_sim_nodule():
     assert density_of_sim_nodule({"density": "part_solid"}) == "part_solid"
 
 
-def test_nodule_change_replace_erases_additive_keeps_what_lies_behind():
-    region = torch.rand(8, 8)
-    fp = torch.zeros(8, 8, dtype=torch.bool)
-    fp[2:6, 2:6] = True
-    layer = torch.full((8, 8), 0.1)
-    add = nodule_change("additive", layer, region, fp)
-    rep = nodule_change("replace", torch.full((8, 8), 0.5), region, fp)
-    assert torch.allclose((region + add)[fp], region[fp] + 0.1)  # the detail behind survives
-    assert torch.allclose((region + rep)[fp], torch.full((16,), 0.5))  # erased
-    assert (add[~fp] == 0).all() and (rep[~fp] == 0).all()
-    with pytest.raises(ValueError, match="composition must be one of"):
-        nodule_change("overlay", layer, region, fp)
+def test_additive_composition_refuses_an_inpainter_and_needs_one_density_per_nodule():
+    texture = TextureGenerator(base_width=4, patch_size=32).eval()
+    with pytest.raises(TypeError, match="needs a LayerGenerator"):
+        additive_composition(texture, [], [])
+    with pytest.raises(ValueError, match="one density per nodule"):
+        run_layer(_tiny_layer(), torch.rand(2, 1, 32, 32), torch.ones(2, 1, 32, 32), ["solid"])
 
 
-def test_run_model_dispatches_on_the_models_composition():
-    layer, texture = _tiny_layer(), TextureGenerator(base_width=4, patch_size=32).eval()
-    assert composition_of(layer) == "additive" and composition_of(texture) == "replace"
-    x, m = torch.rand(2, 1, 32, 32), torch.ones(2, 1, 32, 32)
-    with pytest.raises(ValueError, match="needs one density per nodule"):
-        run_model(layer, x, m)
-    assert run_model(layer, x, m, ["solid", "solid"]).shape == (2, 1, 32, 32)
-
-
-def test_additive_insertion_keeps_the_detail_behind_the_nodule():
-    """The anatomy under an additively inserted nodule survives: the change is a smooth,
-    non-negative layer, so image - original is >= 0 inside the mask and 0 outside, and the
-    high-frequency content of the original inside the mask is still there."""
-    torch.manual_seed(0)
-    shape = ShapeGenerator(latent_dim=8, base_width=16, image_size=16).eval()
-    layer = _tiny_layer()
+def _image_with_detail() -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
-    image = (torch.rand(1, 96, 96, generator=g) * 0.6 + 0.2).float()
-    recs = [NoduleRecord(center_xy=(48, 48), diameter_px=14.0, seed=5, density="calcified")]
-    res = insert_nodules(image, recs, shape, layer)
+    return (torch.rand(1, 128, 128, generator=g) * 0.6 + 0.2).float()
+
+
+def test_additive_insertion_keeps_the_detail_behind_the_nodule_replace_erases_it():
+    """Under an additively inserted nodule the anatomy survives (image - original is a
+    non-negative layer, the original's detail is still there); replace overwrites it."""
+    torch.manual_seed(0)
+    shape, layer = EllipseShapeGenerator().eval(), _tiny_layer()
+    image = _image_with_detail()
+    recs = [NoduleRecord(center_xy=(60, 64), diameter_px=20.0, seed=5, density="calcified")]
+    res = insert_nodules(image, recs, shape, layer, composition=additive_composition)
     mask = res.masks[0]
     diff = res.image[0] - image[0]
-    assert mask.any() and (diff[~mask] == 0).all()
+    assert mask.sum() > 100 and (diff[~mask] == 0).all()
     assert (diff[mask] >= 0).all() and (diff[mask] > 0).any()
+    detail = lambda x: x - torch.nn.functional.avg_pool2d(x[None, None], 3, 1, 1, count_include_pad=False)[0, 0]  # noqa: E731
+    corr = lambda a, b: float(torch.corrcoef(torch.stack([a, b]))[0, 1])  # noqa: E731
+    assert corr(detail(image[0])[mask], detail(res.image[0])[mask]) > 0.9
+    replaced = insert_nodules(image, recs, shape, TextureGenerator(base_width=4, patch_size=32).eval(), composition=replace_composition)
+    assert corr(detail(image[0])[mask], detail(replaced.image[0])[mask]) < 0.5
     assert res.records[0].density == "calcified"
-    # no density on the record: the default, written back into the record
-    res2 = insert_nodules(image, [recs[0].replace(density=None)], shape, layer)
-    assert res2.records[0].density == "solid"
-    # the same record replays exactly
-    assert torch.equal(insert_nodules(image, recs, shape, layer).image, res.image)
+    # the same record replays exactly; another density gives another layer
+    assert torch.equal(insert_nodules(image, recs, shape, layer, composition=additive_composition).image, res.image)
+    other = insert_nodules(image, [recs[0].replace(density="ground_glass")], shape, layer, composition=additive_composition)
+    assert not torch.equal(other.image, res.image)
+
+
+def test_nodule_inpaint_additive_draws_density_records_it_and_replays():
+    torch.manual_seed(0)
+    synth = NoduleSynthesizer(EllipseShapeGenerator().eval(), _tiny_layer(), composition="additive")
+    tf = NoduleInpaint((10.0, 20.0), p=1.0, num_nodules=3, synthesizer=synth, density={"ground_glass": 1, "calcified": 1},
+                       generator=torch.Generator().manual_seed(4))
+    assert "density=DensityChoice" in repr(tf)
+    image, target = make_image(torch.uint16, size=128, seed=1), make_target(size=128)
+    out, out_target = tf(image, target)
+    recs = out_target["nodules"]
+    assert len(recs) == 3 and {r.density for r in recs} <= {"ground_glass", "calcified"}
+    inside = out_target["masks"][-3:].any(0) if "masks" in out_target else None
+    diff = out.as_subclass(torch.Tensor).int() - image.int()
+    assert (diff >= 0).all() and (diff > 0).any()
+    if inside is not None:
+        assert (diff[0][~inside] == 0).all()
+    replay = InsertNodules(recs, synthesizer=synth)
+    again, _ = replay(image, make_target(size=128))
+    assert torch.equal(again, out)
+    # the default density is solid; a density with the replace mode is refused
+    tf_default = NoduleInpaint((10.0, 20.0), p=1.0, synthesizer=synth, generator=torch.Generator().manual_seed(4))
+    assert tf_default(image, make_target(size=128))[1]["nodules"][0].density == "solid"
+    with pytest.raises(ValueError, match="density=.*applies to composition='additive'"):
+        NoduleInpaint(synthesizer=NoduleSynthesizer(EllipseShapeGenerator().eval(), TextureGenerator(base_width=4, patch_size=32).eval()), density="solid")
 
 
 def test_extract_layer_pairs_recovers_the_exact_layer_under_the_nodule_free_window():

@@ -134,7 +134,6 @@ class LayerGenerator(PretrainedMixin, nn.Module):
 
     mask_type = "shape"
     image_channels = 1
-    composition = "additive"  # what cxr_nodule_aug.functional.composition does with the output
 
     def __init__(self, base_width: int = 8, num_stages: int = 2, patch_size: int = 64, max_fill: float = 0.5, max_layer: float = 1.0) -> None:
         super().__init__()

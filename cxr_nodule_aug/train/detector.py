@@ -101,17 +101,17 @@ def geometric_augment(shift: float, flip: bool) -> v2.Compose:
     return v2.Compose(steps)
 
 
-def _range(text: str, name: str, cast: type = float) -> tuple[Any, Any] | Any:
-    parts = [p for p in str(text).split(",") if p.strip()]
+def _range(text: str, name: str, cast: type = float, **bounds: float) -> tuple[Any, Any] | Any:
+    """A config value in the command line's one range syntax (a number or ``min,max``;
+    :class:`~cxr_nodule_aug.cli.arguments.NumberRange`), its error naming the key."""
+    import argparse
+
+    from cxr_nodule_aug.cli.arguments import NumberRange
+
     try:
-        values = [cast(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"{name}={text!r}: expected a number or 'min,max'") from None
-    if len(values) == 1:
-        return values[0]
-    if len(values) == 2:
-        return values[0], values[1]
-    raise ValueError(f"{name}={text!r}: expected a number or 'min,max'")
+        return NumberRange(cast, **bounds)(text)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"{name}={text!r}: {err}") from None
 
 
 def online_augment(cfg: DetectorConfig):
@@ -122,8 +122,8 @@ def online_augment(cfg: DetectorConfig):
         diameters: Any = HEMSampler.load(cfg.augment_diameters)
         unit = diameters.unit
     else:
-        diameters, unit = _range(cfg.augment_diameters, "augment_diameters"), cfg.augment_unit
-    return NoduleInpaint(diameters=diameters, unit=unit, p=cfg.augment_p, num_nodules=_range(cfg.augment_num_nodules, "augment_num_nodules", int),
+        diameters, unit = _range(cfg.augment_diameters, "augment_diameters", above=0.0), cfg.augment_unit
+    return NoduleInpaint(diameters=diameters, unit=unit, p=cfg.augment_p, num_nodules=_range(cfg.augment_num_nodules, "augment_num_nodules", int, minimum=0),
                          contrast=cfg.augment_contrast)
 
 

@@ -2,7 +2,8 @@
 
 Training pairs are (patch with a nodule, the nodule's shape mask): the hole is the mask, the
 ground truth is the patch. Patches are cut by inference's own cut
-(:func:`cxr_nodule_aug.functional.insertion.cut_patch`, the image's own intensity window),
+(:func:`cxr_nodule_aug.functional.insertion.cut_nodules`, which ``NoduleSynthesizer.cut``
+runs; the image's own intensity window),
 so a trained model sees at inference what it saw in training.
 
 Loss (all weights 1 by default, as in the paper): L1(coarse) + L1(fine) + perceptual(fine)
@@ -26,7 +27,7 @@ from torch.utils.data import TensorDataset
 
 from cxr_nodule_aug.baselines.partial_conv import PartialConvUNet
 from cxr_nodule_aug.eval.features import feature_extractor
-from cxr_nodule_aug.functional.insertion import cut_patch, region_side
+from cxr_nodule_aug.functional.insertion import cut_nodules, region_side
 from cxr_nodule_aug.functional.intensity import to_working
 from cxr_nodule_aug.functional.size import equivalent_diameter
 from cxr_nodule_aug.models.texture import PatchDiscriminator, TextureGenerator, context_moments
@@ -144,7 +145,7 @@ def extract_patches(
         if masks_key not in target:
             raise ValueError(f"sample {i} has no target[{masks_key!r}] instance masks to train the inpainter on")
         image = torch.as_tensor(image).as_subclass(torch.Tensor)
-        gray, _, _ = to_working(image)
+        working = to_working(image)
         for m in torch.as_tensor(target[masks_key]).as_subclass(torch.Tensor).bool():
             if not m.any():
                 continue
@@ -163,8 +164,8 @@ def extract_patches(
                 continue  # the nodule does not fit its window
             footprint = torch.zeros(R, R, dtype=torch.bool, device=m.device)
             footprint[top : top + h, left : left + w] = m[y0 : y0 + h, x0 : x0 + w]
-            cut = cut_patch(gray, (x0 + w // 2, y0 + h // 2), footprint, patch_size, mask_type)
-            patch, hole = cut.patch, cut.hole
+            cut = cut_nodules(image, [(x0 + w // 2, y0 + h // 2)], [footprint], patch_size, mask_type, working)
+            patch, hole = cut.patches, cut.holes
             patches.append(patch[0])
             masks.append(hole[0])
             index.append(i)
