@@ -1,4 +1,4 @@
-"""``cxr-nodule-aug train {shape,texture,lung,detector} [--config FILE.yaml] [key=value ...]``.
+"""``cxr-nodule-aug train {shape,texture,layer,lung,detector} [--config FILE.yaml] [key=value ...]``.
 
 Runs unchanged under ``torchrun --nproc-per-node N -m cxr_nodule_aug.cli train ...``.
 The resolved config is written to ``<out>/config.yaml``; an existing ``<out>/checkpoint.pt``
@@ -17,6 +17,7 @@ from cxr_nodule_aug.cli.errors import CommandError, UsageError
 TASKS = {
     "shape": ("cxr_nodule_aug.train.shape", "ShapeConfig"),
     "texture": ("cxr_nodule_aug.train.texture", "TextureConfig"),
+    "layer": ("cxr_nodule_aug.train.layer", "LayerConfig"),
     "lung": ("cxr_nodule_aug.train.lung", "LungConfig"),
     "detector": ("cxr_nodule_aug.train.detector", "DetectorConfig"),
 }

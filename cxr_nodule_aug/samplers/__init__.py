@@ -1,7 +1,8 @@
 """Samplers for nodule attributes: ``sampler(n, generator=None) -> Tensor[n]``."""
 
 from cxr_nodule_aug.samplers.base import Choice, Constant, IntUniform, Sampler, Uniform, as_sampler
+from cxr_nodule_aug.samplers.density import DensityChoice, as_density_sampler
 from cxr_nodule_aug.samplers.hem import HEMSampler
 from cxr_nodule_aug.samplers.lidc import LIDCDiameters
 
-__all__ = ["Choice", "Constant", "HEMSampler", "IntUniform", "LIDCDiameters", "Sampler", "Uniform", "as_sampler"]
+__all__ = ["Choice", "Constant", "DensityChoice", "HEMSampler", "IntUniform", "LIDCDiameters", "Sampler", "Uniform", "as_density_sampler", "as_sampler"]
