@@ -35,13 +35,12 @@ from typing import Any
 import numpy as np
 
 from cxr_nodule_aug.cli.arguments import existing_dir, number, output_dir, whole_number
-from cxr_nodule_aug.cli.errors import UsageError
-from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
+from cxr_nodule_aug.cli.errors import EXIT_SOME_FAILED, UsageError
+from cxr_nodule_aug.datasets import DATASET_KINDS, mask_file_names, open_dataset
 from cxr_nodule_aug.functional.extraction import DEFAULT_LEVEL, DEFAULT_PRIOR
 from cxr_nodule_aug.io import atomic_write, png_bytes, remove_temp_files
 
 DATASETS = tuple(name for name, kind in DATASET_KINDS.items() if kind.lung_mask_folder)  # the box-only kinds
-EXIT_SOME_FAILED = 3
 COLUMNS = ["image", "mask_file", "label", "x0", "y0", "x1", "y1", "diameter_px", "contrast", "snr", "fill", "fallback", "reason"]
 
 
@@ -57,12 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"weight of the box's inscribed ellipse against the residual, 0 = residual only, 1 = ellipse only (default {DEFAULT_PRIOR})")
     parser.add_argument("--sheet", type=whole_number(0), default=48, help="nodules on the contact sheet (default 48)")
     parser.add_argument("--no-progress", action="store_true")
-
-
-def _names(dataset: Any) -> list[str]:
-    from cxr_nodule_aug.cli.lungs import mask_names
-
-    return mask_names(dataset)
 
 
 def _rows(image_name: str, mask_file: str, extractions: list) -> list[dict]:
@@ -88,7 +81,7 @@ def write_nodule_masks(dataset: Any, out: Path, level: float = DEFAULT_LEVEL, pr
 
     if dataset.transforms is not None:
         raise ValueError("open the dataset without transforms: masks are computed on the raw images")
-    names = _names(dataset)
+    names = mask_file_names(dataset)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "rows").mkdir(exist_ok=True)
     summary: dict = {"written": [], "kept": [], "failed": []}
@@ -181,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     if len(dataset) == 0:
         raise UsageError(f"--data {str(args.data)!r}: the {args.dataset} dataset holds no images")
     try:
-        names = _names(dataset)
+        names = mask_file_names(dataset)
     except ValueError as err:
         raise UsageError(f"--data {str(args.data)!r}: {err}") from None
     images = {Path(p).resolve() for _, p, _ in dataset.items}
