@@ -11,6 +11,7 @@ Each mask is size-modulated to ``norm_diameter_px`` on a ``norm_canvas`` grid, t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -46,6 +47,15 @@ class ShapeConfig:
     norm_diameter_px: float = 100.0
     norm_canvas: int = 256
     augment: bool = True
+    # Stabilisers, all off by default (the paper's DCGAN + LSGAN): "spectral" normalises D's
+    # convolutions instead of BatchNorm; ema_decay > 0 keeps an exponential moving average of
+    # G's weights, which is what is sampled and saved; real_label < 1 is one-sided label
+    # smoothing (LSGAN target for real masks); d_blur_sigma > 0 blurs both real and generated
+    # masks (Gaussian, in px) before D, so D cannot judge by binary vs soft edges alone.
+    d_norm: str = "batch"
+    ema_decay: float = 0.0
+    real_label: float = 1.0
+    d_blur_sigma: float = 0.0
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
@@ -191,6 +201,52 @@ def open_shape_data(cfg: ShapeConfig, augment: bool | None = None) -> MaskFolder
     return MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment, cfg.pattern)
 
 
+def check_stabilisers(cfg: ShapeConfig) -> None:
+    """Refuse out-of-range stabiliser settings, naming the config key."""
+    from cxr_nodule_aug.models.shape import DISCRIMINATOR_NORMS
+
+    if cfg.d_norm not in DISCRIMINATOR_NORMS:
+        raise ValueError(f"d_norm={cfg.d_norm!r}: expected one of {DISCRIMINATOR_NORMS}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"ema_decay={cfg.ema_decay}: expected 0 (off) <= ema_decay < 1")
+    if not 0.5 < cfg.real_label <= 1.0:
+        raise ValueError(f"real_label={cfg.real_label}: expected 0.5 < real_label <= 1 (1 = no smoothing)")
+    if not cfg.d_blur_sigma >= 0.0:
+        raise ValueError(f"d_blur_sigma={cfg.d_blur_sigma}: expected >= 0 px (0 = off)")
+
+
+def lsgan_d_loss(real: torch.Tensor, fake: torch.Tensor, real_label: float = 1.0) -> torch.Tensor:
+    """LSGAN discriminator loss with the real target ``real_label`` (< 1: one-sided smoothing)."""
+    return 0.5 * ((real - real_label) ** 2).mean() + 0.5 * (fake**2).mean()
+
+
+def blur_for_discriminator(sigma: float):
+    """``x -> x`` for ``sigma == 0``, else a separable Gaussian blur of (B, 1, S, S) masks
+    (reflect padding, kernel radius 3 sigma): applied alike to real and generated masks."""
+    if sigma <= 0:
+        return lambda x: x
+    r = max(1, int(round(3 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+    k = k / k.sum()
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        kk = k.to(x.device, x.dtype)
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kk.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kk.view(1, 1, -1, 1))
+
+    return blur
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model`` for the weights; buffers (BatchNorm's
+    running statistics) copied."""
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p.detach(), 1.0 - decay)
+    for be, b in zip(ema.buffers(), model.buffers()):
+        be.copy_(b)
+
+
 def train(cfg: ShapeConfig) -> Path:
     root = Path(cfg.data)
     if root.is_dir():  # refuse a folder that is not masks before the run folder is made
@@ -201,15 +257,19 @@ def train(cfg: ShapeConfig) -> Path:
     sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
+    check_stabilisers(cfg)
     G = ShapeGenerator(cfg.latent_dim, cfg.g_width, cfg.image_size).to(d.device)
-    D = ShapeDiscriminator(cfg.d_width, cfg.image_size).to(d.device)
+    D = ShapeDiscriminator(cfg.d_width, cfg.image_size, cfg.d_norm).to(d.device)
+    G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None
+    blur = blur_for_discriminator(cfg.d_blur_sigma)
     Gd, Dd = common.wrap_ddp(G, d), common.wrap_ddp(D, d)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.g_lr, betas=tuple(cfg.betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas))
     ckpt = out / "checkpoint.pt"
+    modules = {"G": G, "D": D, **({"G_ema": G_ema} if G_ema is not None else {})}
     step, state = 0, {}
     if ckpt.exists():
-        state = common.load_checkpoint(ckpt, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, map_location=d.device)
+        state = common.load_checkpoint(ckpt, modules=modules, optimizers={"G": opt_g, "D": opt_d}, map_location=d.device)
         step = int(state["step"])
         log.info("resumed from %s at step %d", ckpt, step)
     fixed_z = torch.randn(32, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(d.device)
@@ -226,14 +286,16 @@ def train(cfg: ShapeConfig) -> Path:
         fake = Gd(z)
         # Real and fake in separate batches: with BatchNorm in D, a mixed batch would let D
         # judge by batch statistics that the generator step (fake only) never shows it.
-        loss_d = common.lsgan_d_loss(Dd(real), Dd(fake.detach()))
+        loss_d = lsgan_d_loss(Dd(blur(real)), Dd(blur(fake.detach())), cfg.real_label)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        loss_g = common.lsgan_g_loss(Dd(fake))
+        loss_g = common.lsgan_g_loss(Dd(blur(fake)))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        if G_ema is not None:
+            update_ema(G_ema, G, cfg.ema_decay)
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -243,15 +305,17 @@ def train(cfg: ShapeConfig) -> Path:
             metrics.write(step, loss_g=lg, loss_d=ld, fake_fill=binary, real_fill=real.mean())
             bar.set_postfix(g=f"{float(lg):.3f}", d=f"{float(ld):.3f}")
         if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
-            G.eval()
+            sampled = G_ema if G_ema is not None else G
+            sampled.eval()
             with torch.no_grad():
-                common.save_grid(binarize_shapes(G(fixed_z)[:, 0])[:, None].float(), out / "samples" / f"step{step:06d}.png")
+                common.save_grid(binarize_shapes(sampled(fixed_z)[:, 0])[:, None].float(), out / "samples" / f"step{step:06d}.png")
             G.train()
         if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            common.save_checkpoint(ckpt, step=step, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, data=batches)
+            common.save_checkpoint(ckpt, step=step, modules=modules, optimizers={"G": opt_g, "D": opt_d}, data=batches)
         common.barrier(d) if step % cfg.checkpoint_every == 0 else None
     bar.close()
     if d.is_main:
+        G = G_ema if G_ema is not None else G
         G.eval()
         G.save_pretrained(out / "model", metadata={"trained_steps": step, "data": str(cfg.data), "num_masks": len(data)})
     common.cleanup(d)
