@@ -288,3 +288,26 @@ def test_shape_discriminator_spectral_norm():
     assert d.config["norm"] == "spectral"
     with pytest.raises(ValueError, match="norm='layer'"):
         ShapeDiscriminator(base_width=16, image_size=32, norm="layer")
+
+
+def test_shape_generator_smooth_is_part_of_its_definition(tmp_path):
+    """``smooth`` (the mean filter before the threshold) is saved with the model; a config
+    without it (the models trained before it existed) loads with the old 3 x 3."""
+    import json
+
+    from cxr_nodule_aug.models.shape import binarize_shapes
+
+    jagged = torch.zeros(1, 16, 16)
+    jagged[0, 4:12, 4:12] = 1.0
+    jagged[0, 4, 5] = jagged[0, 4, 7] = jagged[0, 4, 9] = 0.0  # notches one pixel deep
+    assert torch.equal(binarize_shapes(jagged, smooth=1), jagged.bool())
+    assert not torch.equal(binarize_shapes(jagged, smooth=3), jagged.bool())
+    g = ShapeGenerator(latent_dim=8, base_width=16, image_size=16, smooth=1).eval()
+    g.save_pretrained(tmp_path / "g")
+    assert ShapeGenerator.from_pretrained(tmp_path / "g").smooth == 1
+    cfg = json.loads((tmp_path / "g" / "config.json").read_text())
+    del cfg["smooth"]
+    (tmp_path / "g" / "config.json").write_text(json.dumps(cfg))
+    assert ShapeGenerator.from_pretrained(tmp_path / "g").smooth == 3
+    with pytest.raises(ValueError, match="smooth"):
+        ShapeGenerator(latent_dim=8, base_width=16, image_size=16, smooth=2)

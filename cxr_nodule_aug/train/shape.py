@@ -56,6 +56,9 @@ class ShapeConfig:
     ema_decay: float = 0.0
     real_label: float = 1.0
     d_blur_sigma: float = 0.0
+    # The generator's mean filter before its 0.5 threshold (ShapeGenerator's ``smooth``; saved
+    # with the model): 3 = as before, 1 = none.
+    smooth: int = 3
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
@@ -258,7 +261,7 @@ def train(cfg: ShapeConfig) -> Path:
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
     check_stabilisers(cfg)
-    G = ShapeGenerator(cfg.latent_dim, cfg.g_width, cfg.image_size).to(d.device)
+    G = ShapeGenerator(cfg.latent_dim, cfg.g_width, cfg.image_size, cfg.smooth).to(d.device)
     D = ShapeDiscriminator(cfg.d_width, cfg.image_size, cfg.d_norm).to(d.device)
     G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None
     blur = blur_for_discriminator(cfg.d_blur_sigma)
@@ -308,7 +311,7 @@ def train(cfg: ShapeConfig) -> Path:
             sampled = G_ema if G_ema is not None else G
             sampled.eval()
             with torch.no_grad():
-                common.save_grid(binarize_shapes(sampled(fixed_z)[:, 0])[:, None].float(), out / "samples" / f"step{step:06d}.png")
+                common.save_grid(binarize_shapes(sampled(fixed_z)[:, 0], sampled.smooth)[:, None].float(), out / "samples" / f"step{step:06d}.png")
             G.train()
         if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             common.save_checkpoint(ckpt, step=step, modules=modules, optimizers={"G": opt_g, "D": opt_d}, data=batches)
