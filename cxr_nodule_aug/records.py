@@ -26,6 +26,10 @@ class NoduleRecord:
         diameter_mm: ``diameter_px`` times the pixel spacing, when the spacing was known.
         box_xyxy: the inserted nodule's box, absolute pixels, x2/y2 exclusive.
         measured_diameter_px: equivalent diameter of the inserted mask.
+        attributes: the row the diameter sampler drew, for samplers that draw whole rows
+            (``diameters="lidc"``: the LIDC-IDRI nodule id, split and ratings;
+            :class:`~cxr_nodule_aug.HEMSampler`: every mined column); ``None`` otherwise.
+            Provenance only: a replay does not use it.
     """
 
     center_xy: tuple[int, int]
@@ -36,6 +40,7 @@ class NoduleRecord:
     diameter_mm: float | None = None
     box_xyxy: tuple[float, float, float, float] | None = None
     measured_diameter_px: float | None = None
+    attributes: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

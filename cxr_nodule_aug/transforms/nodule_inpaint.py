@@ -12,7 +12,8 @@ from cxr_nodule_aug.functional.insertion import nodule_footprints, place_nodules
 from cxr_nodule_aug.functional.intensity import to_working
 from cxr_nodule_aug.functional.placement import check_diameters_fit, mask_bbox_hw
 from cxr_nodule_aug.records import NoduleRecord
-from cxr_nodule_aug.samplers.base import IntUniform, as_sampler, draw
+from cxr_nodule_aug.samplers import resolve_sampler
+from cxr_nodule_aug.samplers.base import IntUniform, as_sampler, draw, draw_with_attributes
 from cxr_nodule_aug.transforms._base import ModelSpec, NoduleTransformBase
 
 _SEED_HIGH = 2**62
@@ -29,8 +30,11 @@ class NoduleInpaint(NoduleTransformBase):
 
     Args:
         diameters: nodule diameter: a number, a ``(min, max)`` range (uniform), a sequence
-            (uniform choice), or any sampler ``sampler(n, generator=None) -> Tensor[n]`` such
-            as :class:`HEMSampler`.
+            (uniform choice), ``"lidc"`` / ``"lidc:SPLIT"`` (real LIDC-IDRI sizes in mm,
+            :class:`~cxr_nodule_aug.samplers.LIDCDiameters`; needs the ``lidc`` extra), or
+            any sampler ``sampler(n, generator=None) -> Tensor[n]`` such as
+            :class:`HEMSampler`. Samplers that draw whole rows (LIDC, HEM) also fill each
+            record's ``attributes``.
         unit: ``"px"`` or ``"mm"`` for ``diameters``. Default: the sampler's ``unit`` attribute
             if it has one (``HEMSampler.from_missed`` is in mm), else ``"px"``. Millimetres
             need the pixel spacing: ``target["pixel_spacing_mm"]`` or ``pixel_spacing_mm``.
@@ -95,6 +99,7 @@ class NoduleInpaint(NoduleTransformBase):
             raise ValueError(f"on_failure must be 'raise' or 'skip', got {on_failure!r}")
         if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        diameters = resolve_sampler(diameters, "diameters", unit=unit)  # "lidc" -> LIDCDiameters
         if unit is None:
             unit = getattr(diameters, "unit", None) or "px"
         if unit not in ("px", "mm"):
@@ -164,7 +169,7 @@ class NoduleInpaint(NoduleTransformBase):
         n = int(self.num_nodules(1, generator=g)[0])
         if n == 0:
             return {"records": []}
-        sizes = draw(self.diameters, n, g, "diameters")
+        sizes, attributes = draw_with_attributes(self.diameters, n, g, "diameters")
         contrasts = draw(self.contrast, n, g, "contrast")
         seeds = torch.randint(0, _SEED_HIGH, (n,), generator=g).tolist()
         spacing = self.pixel_spacing_mm(target, self.default_spacing)
@@ -194,7 +199,8 @@ class NoduleInpaint(NoduleTransformBase):
                 contrast=float(k),
                 label=self.label,
                 diameter_mm=None if mm_per_px is None else round(d * mm_per_px, 4),
+                attributes=None if attributes is None else attributes[i],
             )
-            for c, d, s, k in zip(centres, diameters_px, seeds, contrasts.tolist())
+            for i, (c, d, s, k) in enumerate(zip(centres, diameters_px, seeds, contrasts.tolist()))
         ]
         return {"records": records, "footprints": footprints, "working": working}
