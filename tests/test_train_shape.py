@@ -189,3 +189,17 @@ def test_stabiliser_settings_are_checked(tmp_path, bad, capsys):
     data = write_masks(tmp_path / "masks")
     assert main(["train", "shape", f"data={data}", f"out={tmp_path / 'run'}", "steps=1", *TINY, bad]) == 1
     assert bad.split("=")[0] in capsys.readouterr().err
+
+
+def test_augment_rot90_false_keeps_horizontal_edges_horizontal():
+    """augment_rot90=false: only flips and half turns, which map a horizontal edge to a horizontal edge."""
+    from cxr_nodule_aug.train.shape import MaskFolder
+
+    m = torch.zeros(1, 8, 8)
+    m[0, 2, 1:7] = 1.0  # one horizontal line
+    data = MaskFolder.__new__(MaskFolder)
+    data.masks, data.augment, data.rot90 = m[None], True, False
+    torch.manual_seed(0)
+    for _ in range(20):
+        out = data[0]
+        assert out[0].sum(1).max() == 6  # still a row of 6 pixels

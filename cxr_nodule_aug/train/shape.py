@@ -47,6 +47,9 @@ class ShapeConfig:
     norm_diameter_px: float = 100.0
     norm_canvas: int = 256
     augment: bool = True
+    # With augment: rotations by 90 degrees too (true), or only flips and 180 degrees (false),
+    # which keep horizontal edges horizontal, e.g. the axial-slice steps of LIDC silhouettes.
+    augment_rot90: bool = True
     # Stabilisers, all off by default (the paper's DCGAN + LSGAN): "spectral" normalises D's
     # convolutions instead of BatchNorm; ema_decay > 0 keeps an exponential moving average of
     # G's weights, which is what is sampled and saved; real_label < 1 is one-sided label
@@ -151,10 +154,12 @@ class MaskFolder(Dataset):
     def __len__(self) -> int:
         return len(self.masks)
 
+    rot90: bool = True  # augment with quarter turns (else only half turns and flips)
+
     def __getitem__(self, i: int) -> torch.Tensor:
         m = self.masks[i]
         if self.augment:  # shapes have no preferred orientation
-            k = int(torch.randint(4, (1,)))
+            k = int(torch.randint(4, (1,))) if self.rot90 else 2 * int(torch.randint(2, (1,)))
             m = torch.rot90(m, k, dims=(1, 2))
             if bool(torch.randint(2, (1,))):
                 m = m.flip(2)
@@ -199,9 +204,12 @@ def open_shape_data(cfg: ShapeConfig, augment: bool | None = None) -> MaskFolder
 
         if split not in SPLITS:
             raise ValueError(f"data={cfg.data!r}: expected lidc:SPLIT with SPLIT one of {SPLITS}")
-        return LIDCSilhouettes(split, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment,
+        data = LIDCSilhouettes(split, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment,
                                cfg.lidc_min_diameter_mm)
-    return MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment, cfg.pattern)
+    else:
+        data = MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment, cfg.pattern)
+    data.rot90 = cfg.augment_rot90
+    return data
 
 
 def check_stabilisers(cfg: ShapeConfig) -> None:
