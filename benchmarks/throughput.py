@@ -13,10 +13,12 @@ given". Models: the shipped ``weights/`` (``NoduleInpaint()``'s default). Nodule
 
 Per configuration:
 
-* nodules/s over ``--repeats`` timed calls after warm-up, and the per-stage wall time
-  (``time.perf_counter`` around the functional stages: lung mask, shape generation, size
-  modulation, placement, patch cutting, texture network, paste-back; "other" is parsing,
-  checks and writing the target back);
+* nodules/s over ``--repeats`` timed calls of the transform after warm-up, and the per-stage
+  wall time of the same work run through the engine's public stages
+  (``NoduleSynthesizer.working`` + ``lung_mask``, ``shapes``, ``functional.nodule_footprints``,
+  ``functional.place_nodules``, ``cut``, ``compose`` (the texture network), ``paste``), each
+  timed with ``time.perf_counter``; "other" is the transform's time minus the stages' (parsing,
+  checks and writing the target back; two runs, so it carries their noise);
 * the texture stage's achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on the
   very inputs it got; FFTs are not counted) and its ratio to a 2048^3 float32 matmul timed in
   the same process just before;
@@ -160,50 +162,67 @@ def matmul_gflops(n: int, device) -> float:
 
 
 class StageTimer:
-    """Wraps the functional stages with perf_counter timers (patched module attributes)."""
+    """Runs one augmentation step through the engine's public stages, each timed with
+    perf_counter: what ``NoduleInpaint`` does per call, stage by stage (no patching)."""
 
-    def __init__(self, device) -> None:
-        import cxr_nodule_aug.functional.insertion as insertion
-        import cxr_nodule_aug.transforms.nodule_inpaint as nodule_inpaint
-        from cxr_nodule_aug.models.shape import ShapeGenerator
-        from cxr_nodule_aug.transforms._base import NoduleTransformBase
+    def __init__(self, tf, cfg: dict, device) -> None:
+        import torch
 
-        self.device = device
+        self.tf, self.synth, self.device = tf, tf.synthesizer, device
+        self.generator = torch.Generator().manual_seed(cfg["seed"] + 1)
+        self.spacing_mm = FIELD_OF_VIEW_MM / cfg["size"]
+        self.nodules = cfg["nodules"]
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.texture_inputs: list[tuple] = []
         self.record_inputs = False
-        self._undo = []
-        for stage, owner, name in (
-            ("lung", NoduleTransformBase, "lung_mask_and_working"),
-            ("shape", ShapeGenerator, "generate"),
-            ("size", nodule_inpaint, "nodule_footprints"),
-            ("placement", nodule_inpaint, "place_nodules"),
-            ("cut", insertion, "_cut"),
-            ("texture", insertion, "run_texture"),
-            ("paste", insertion, "_paste"),
-        ):
-            self._wrap(stage, owner, name)
-
-    def _wrap(self, stage, owner, name):
-        inner = getattr(owner, name)
-        timer = self
-
-        def timed(*args, **kwargs):
-            if stage == "texture" and timer.record_inputs:
-                timer.texture_inputs.append((args[1].clone(), args[2].clone()))
-            _sync(timer.device)
-            t0 = time.perf_counter()
-            out = inner(*args, **kwargs)
-            _sync(timer.device)
-            timer.seconds[stage] += time.perf_counter() - t0
-            return out
-
-        setattr(owner, name, timed)
-        self._undo.append((owner, name, inner))
 
     def reset(self) -> None:
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.texture_inputs = []
+
+    def _timed(self, stage: str, call):
+        _sync(self.device)
+        t0 = time.perf_counter()
+        out = call()
+        _sync(self.device)
+        self.seconds[stage] += time.perf_counter() - t0
+        return out
+
+    def step(self, samples) -> int:
+        """The stages for ``samples`` [(image, target), ...], one texture call for all;
+        returns the number of nodules inserted. Draws as NoduleInpaint draws (diameters from
+        its sampler, fresh shape seeds: the shape cache helps no more than it does online)."""
+        import torch
+
+        from cxr_nodule_aug.functional import nodule_footprints, place_nodules
+        from cxr_nodule_aug.records import NoduleRecord
+        from cxr_nodule_aug.samplers.base import draw
+
+        tf, synth, g = self.tf, self.synth, self.generator
+        texture = synth.texture_model
+        cuts, records = [], []
+        for image, target in samples:
+            image = image.as_subclass(torch.Tensor)
+            sizes = draw(tf.diameters, self.nodules, g, "diameters")
+            diameters = [round(d / self.spacing_mm, 4) for d in sizes.tolist()]
+            seeds = torch.randint(0, 2**62, (self.nodules,), generator=g).tolist()
+            if "lung_mask" in target:
+                lung = target["lung_mask"].as_subclass(torch.Tensor).to(self.device)
+                working = synth.working(image)  # (outside the stages, as in NoduleInpaint's "other")
+            else:
+                working = self._timed("lung", lambda: synth.working(image))
+                lung = self._timed("lung", lambda: synth.lung_mask(image, working=working))
+            shapes = self._timed("shape", lambda: synth.shapes(seeds, device=self.device))
+            fps = self._timed("size", lambda: nodule_footprints(shapes, diameters, texture.patch_size, texture.max_fill))
+            centres = self._timed("placement", lambda: place_nodules(lung, fps, tf.existing_boxes_xyxy(target), gap_px=tf.gap_px, generator=g))
+            recs = [NoduleRecord(center_xy=c, diameter_px=d, seed=s) for c, d, s in zip(centres, diameters, seeds)]
+            cuts.append(self._timed("cut", lambda: synth.cut(image, recs, footprints=fps, working=working)))
+            records.append(recs)
+        if self.record_inputs:
+            self.texture_inputs.append((torch.cat([c.patches for c in cuts]), torch.cat([c.holes for c in cuts])))
+        changes = self._timed("texture", lambda: synth.compose(cuts, records))
+        self._timed("paste", lambda: [synth.paste(c, r, ch) for c, r, ch in zip(cuts, records, changes)])
+        return sum(len(r) for r in records)
 
 
 def counted_flops(model, inputs) -> int:
@@ -242,28 +261,34 @@ def child_insert(cfg: dict) -> dict:
     image = tv_tensors.Image(radiograph(size).to(device))
     target = empty_target(size)
     if cfg["lung"] == "given":
-        target["lung_mask"] = tv_tensors.Mask(tf.lung_mask(image.as_subclass(torch.Tensor), target))
+        target["lung_mask"] = tv_tensors.Mask(tf.synthesizer.lung_mask(image))
     samples = [(image, target)] * images
-    timer = StageTimer(device)
+    timer = StageTimer(tf, cfg, device)
 
     def step():
         return tf.batch(samples) if images > 1 else [tf(image, target)]
 
+    # The transform end to end: nodules/s and ms/image.
     for _ in range(cfg["warmup"]):
         step()
     gflops_matmul = matmul_gflops(cfg["matmul_n"], device)
-    timer.reset()
-    timer.record_inputs = True
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(cfg["repeats"]):
         out = step()
     _sync(device)
     total = time.perf_counter() - t0
+    inserted = sum(len(o[1]["nodules"]) for o in out) * cfg["repeats"]
+    # The same work through the engine's public stages, each timed; "other" is what the
+    # transform adds (parsing, checks, writing the target back), by difference.
+    for _ in range(cfg["warmup"]):
+        timer.step(samples)
+    timer.reset()
+    timer.record_inputs = True
+    staged_inserted = sum(timer.step(samples) for _ in range(cfg["repeats"]))
     timer.record_inputs = False
     seconds = dict(timer.seconds)
-    inserted = sum(len(o[1]["nodules"]) for o in out) * cfg["repeats"]
-    flops = counted_flops(tf.texture_model, timer.texture_inputs)
+    flops = counted_flops(tf.texture_model, timer.texture_inputs)  # of the timed texture stage
     per_image = cfg["repeats"] * images
     stages_ms = {k: 1000 * v / per_image for k, v in seconds.items()}
     stages_ms["other"] = 1000 * total / per_image - sum(stages_ms.values())
@@ -273,7 +298,7 @@ def child_insert(cfg: dict) -> dict:
         "nodules_per_s": inserted / total,
         "ms_per_image": 1000 * total / per_image,
         "stages_ms_per_image": stages_ms,
-        "texture_gflop_per_nodule": flops / inserted / 1e9,
+        "texture_gflop_per_nodule": flops / staged_inserted / 1e9,
         "texture_gflops": texture_gflops,
         "matmul_gflops": gflops_matmul,
         "matmul_fraction": texture_gflops / gflops_matmul,
@@ -355,7 +380,7 @@ def child_dataloader(cfg: dict) -> dict:
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     result = {**cfg, "detector": detector, "niceness": DL_NICENESS}
-    lung = augment.lung_mask(image, empty_target(size))
+    lung = augment.synthesizer.lung_mask(image)
     conditions = (("without", None, None), ("with", augment, None), ("with_lung_mask_given", augment, lung))
     # What one worker spends on a sample, single-threaded: the CPU the augmentation takes from
     # training; an augmented sample (p=1) against a plain one.

@@ -80,7 +80,7 @@ def test_sim_refuses_another_export_in_out(tmp_path, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     rc, err = run_cli(capsys, "sim", "--nodule", "1", "--size", "16", "--out", out, "--no-progress")
-    assert rc == 1 and "is not empty and has no manifest.json" in err, err
+    assert rc == 2 and "is not empty and has no manifest.json" in err, err
 
 
 # -- hem -------------------------------------------------------------------------------------------
@@ -249,3 +249,44 @@ def test_the_installed_command_exits_with_the_status(tmp_path):
     assert r.stderr.strip().splitlines() == ["cxr-nodule-aug sim: error: argument --size: '0': expected a whole number >= 16 (see 'cxr-nodule-aug sim --help')"]
     r = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, env=env, cwd=PACKAGE_ROOT, timeout=300)
     assert r.returncode != 0 and "Traceback" in r.stderr and "UsageError" in r.stderr, r.stderr[-2000:]
+
+
+# -- one table of exit statuses (#11) ----------------------------------------------------------------
+def test_one_exit_status_table_in_help_and_readme(capsys):
+    """``cxr-nodule-aug --help`` ends with :data:`EXIT_CODES`; the README's table says the same."""
+    import re
+
+    from cxr_nodule_aug.cli import COMMANDS, errors
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    readme = (PACKAGE_ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| (\d+) \| (.+) \|$", readme, flags=re.M))
+    assert {int(k): v.replace("`", "") for k, v in rows.items()} == errors.EXIT_CODES
+    for code, meaning in errors.EXIT_CODES.items():
+        assert re.search(rf"^  {code}\s+{re.escape(meaning)}$", shown, flags=re.M), (code, shown)
+    # every status a command returns or maps to is in the table
+    assert {errors.EXIT_RUNTIME, errors.EXIT_USAGE, errors.EXIT_SOME_FAILED, errors.EXIT_INTERRUPTED} <= set(errors.EXIT_CODES)
+    from cxr_nodule_aug.cli import lungs
+
+    assert lungs.EXIT_SOME_FAILED is errors.EXIT_SOME_FAILED and len(COMMANDS) >= 10
+
+
+def test_commands_import_no_other_command():
+    """A command module imports from the CLI package only the shared argument types and errors
+    (a helper two commands need lives in the library, public)."""
+    import ast
+
+    cli = PACKAGE_ROOT / "cxr_nodule_aug" / "cli"
+    shared = {"cxr_nodule_aug.cli.arguments", "cxr_nodule_aug.cli.errors"}
+    offenders = []
+    for path in sorted(cli.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cxr_nodule_aug.cli") and node.module not in shared:
+                if not (path.name in ("__init__.py", "__main__.py") and node.module == "cxr_nodule_aug.cli"):
+                    offenders.append(f"{path.name}:{node.lineno} {node.module}")
+            if isinstance(node, ast.Import):
+                offenders += [f"{path.name}:{node.lineno} {a.name}" for a in node.names if a.name.startswith("cxr_nodule_aug.cli.")]
+    assert not offenders, offenders

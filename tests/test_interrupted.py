@@ -177,7 +177,7 @@ def _masks(folder: Path, n: int = 8) -> Path:
 
 def test_train_shape(tmp_path):
     data = _masks(tmp_path / "masks")
-    tiny = ["steps=10", "g_width=16", "d_width=16", "image_size=32", "batch_size=3", "log_every=1", "sample_every=3", "checkpoint_every=1"]
+    tiny = ["steps=10", "base_width=16", "d_width=16", "image_size=32", "batch_size=3", "log_every=1", "sample_every=3", "checkpoint_every=1"]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
 
     def logged(n: int) -> bool:

@@ -32,7 +32,7 @@ from cxr_nodule_aug import NoduleInpaint
 from cxr_nodule_aug.datasets import LowPriorityWorkers, Node21Dataset, SimCXRDataset
 from cxr_nodule_aug.datasets import lung_mask_filename
 from cxr_nodule_aug.models import LungSegmenter
-from cxr_nodule_aug.sim.export import _png_bytes
+from cxr_nodule_aug.io import png_bytes
 import cxr_nodule_aug.train
 from cxr_nodule_aug.cli import lungs, main
 from cxr_nodule_aug.train.common import resolve_config
@@ -48,7 +48,7 @@ def _write_node21(root: Path, images: list[tuple[str, np.ndarray, list[list[floa
     (root / "images").mkdir(parents=True)
     rows = ["img_name,x,y,width,height,label"]
     for name, pixels, boxes in images:
-        (root / "images" / name).write_bytes(_png_bytes(pixels))
+        (root / "images" / name).write_bytes(png_bytes(pixels))
         rows += [f"{name},{x0},{y0},{x1 - x0},{y1 - y0},1" for x0, y0, x1, y1 in boxes] or [f"{name},0,0,0,0,0"]
     (root / "metadata.csv").write_text("\n".join(rows) + "\n")
     return root

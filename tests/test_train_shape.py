@@ -18,7 +18,7 @@ from cxr_nodule_aug.cli import main
 from cxr_nodule_aug.train.common import resolve_config
 from cxr_nodule_aug.train.shape import ShapeConfig
 
-TINY = ["g_width=16", "d_width=16", "image_size=32", "batch_size=4", "log_every=1", "sample_every=2", "checkpoint_every=2"]
+TINY = ["base_width=16", "d_width=16", "image_size=32", "batch_size=4", "log_every=1", "sample_every=2", "checkpoint_every=2"]
 
 
 def write_masks(folder: Path, n: int = 8) -> Path:
@@ -34,8 +34,8 @@ def write_masks(folder: Path, n: int = 8) -> Path:
 
 def test_config_overrides_and_errors(tmp_path):
     (tmp_path / "c.yaml").write_text("steps: 7\nbetas: [0.5, 0.9]\n")
-    cfg = resolve_config(ShapeConfig, tmp_path / "c.yaml", ["g_lr=0.001", "augment=false"])
-    assert cfg.steps == 7 and cfg.betas == (0.5, 0.9) and cfg.g_lr == 0.001 and cfg.augment is False
+    cfg = resolve_config(ShapeConfig, tmp_path / "c.yaml", ["lr=0.001", "augment=false"])
+    assert cfg.steps == 7 and cfg.betas == (0.5, 0.9) and cfg.lr == 0.001 and cfg.augment is False
     with pytest.raises(ValueError, match="unknown config key 'stepz'"):
         resolve_config(ShapeConfig, None, ["stepz=3"])
     with pytest.raises(ValueError, match="steps"):

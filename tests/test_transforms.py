@@ -247,9 +247,9 @@ def test_constructor_errors():
 
 
 def test_no_weights_is_a_clear_error(monkeypatch, tmp_path):
-    import cxr_nodule_aug.transforms._base as base
+    import cxr_nodule_aug.synthesizer as synthesizer
 
-    monkeypatch.setattr(base, "default_weights_dir", lambda: None)
+    monkeypatch.setattr(synthesizer, "default_weights_dir", lambda: None)
     with pytest.raises(ValueError, match="no shipped weights were found"):
         NoduleInpaint()
 

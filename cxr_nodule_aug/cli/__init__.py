@@ -3,8 +3,9 @@
 One module per subcommand in this package, each defining ``add_arguments(parser)`` and
 ``run(args) -> int``. :data:`COMMANDS` names them, and a module is imported only when its
 subcommand runs (so ``--help`` stays fast and works without optional extras installed).
-A command fails by raising; :func:`main` reports it as one line on stderr with exit 2
-(usage) or 1 (runtime), see :mod:`cxr_nodule_aug.cli.errors`.
+A command fails by raising; :func:`main` reports it as one line on stderr with the exit
+status of :data:`~cxr_nodule_aug.cli.errors.EXIT_CODES` (2: usage, 1: runtime; the table is
+printed by ``--help``), see :mod:`cxr_nodule_aug.cli.errors`.
 Only the ``train`` command imports :mod:`cxr_nodule_aug.train`, and only when it runs.
 """
 
@@ -16,7 +17,7 @@ import sys
 from typing import Sequence
 
 from cxr_nodule_aug import __version__
-from cxr_nodule_aug.cli.errors import ArgumentParser, report
+from cxr_nodule_aug.cli.errors import ArgumentParser, exit_code_table, report
 
 # name -> (module, one-line help). Later work adds its subcommand here.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="cxr-nodule-aug",
         description="Insert realistic, controllable lung nodules into chest X-rays.",
-        epilog="Errors are one line on stderr (exit 2: bad usage, 1: the command failed); --debug shows the traceback.",
+        epilog="Errors are one line on stderr, 'cxr-nodule-aug COMMAND: error: ...'; --debug shows the traceback.\n\n" + exit_code_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="on an error, raise it with its traceback instead of one line")

@@ -62,15 +62,16 @@ def _rgb(gray: torch.Tensor, contours: list[tuple[torch.Tensor, tuple[float, flo
     return rgb.permute(1, 2, 0)
 
 
-def run_one(name: str, image: torch.Tensor, target: dict, tf, diameters: list[float], unit: str, seeds: list[int], seed: int, out: Path) -> dict:
-    """Fig.-7-style grid for one radiograph; returns a summary."""
+def run_one(name: str, image: torch.Tensor, target: dict, synth, diameters: list[float], unit: str, seeds: list[int], seed: int, out: Path) -> dict:
+    """Fig.-7-style grid for one radiograph (``synth``: the
+    :class:`~cxr_nodule_aug.NoduleSynthesizer`); returns a summary."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cxr_nodule_aug import InsertNodules, NoduleRecord
-    from cxr_nodule_aug.functional.insertion import nodule_footprints, place_nodules
+    from cxr_nodule_aug import NoduleRecord
+    from cxr_nodule_aug.functional.insertion import place_nodules
 
     spacing = target.get("pixel_spacing_mm")
     mm_per_px = None if spacing is None else (spacing[0] + spacing[1]) / 2
@@ -79,15 +80,17 @@ def run_one(name: str, image: torch.Tensor, target: dict, tf, diameters: list[fl
         flag = "--diameters-mm" if unit == "mm" else "--diameters-px"
         raise UsageError(f"{flag} {max(diameters):g}: a {max(d_px):.0f} px nodule cannot fit in the lungs of the {name} image "
                          f"({image.shape[-1]} x {image.shape[-2]} px)")
-    lung = tf.lung_mask(image.as_subclass(torch.Tensor), target)
-    shapes = tf.shape_model.generate(seeds)
-    P, fill = tf.texture_model.patch_size, tf.texture_model.max_fill
+    image = image.as_subclass(torch.Tensor)
+    given = target.get("lung_mask")  # SimCXR's projected labels; else the lung model's
+    if given is not None:
+        given = torch.as_tensor(given).as_subclass(torch.Tensor)
+        lung = given > 0.5 if given.is_floating_point() else given.bool()
+    else:
+        lung = synth.lung_mask(image)
     # Place each shape once, at its largest size, so that all three sizes fit where it sits.
-    big = nodule_footprints(shapes, [max(d_px)] * len(seeds), P, fill)
+    big = synth.footprints(seeds, [max(d_px)] * len(seeds))
     centres = place_nodules(lung, big, gap_px=int(max(d_px) // 2), generator=torch.Generator().manual_seed(seed))
 
-    base = {k: v for k, v in target.items() if k in ("boxes", "labels", "lung_mask", "pixel_spacing_mm")}
-    base["masks"] = tv_tensors.Mask(torch.zeros(len(base["boxes"]), *image.shape[-2:], dtype=torch.bool))
     display_lo_hi = _display_with_window(image, image)
     half = int(max(d_px) * 1.4)
     rows, records = [], []
@@ -98,10 +101,10 @@ def run_one(name: str, image: torch.Tensor, target: dict, tf, diameters: list[fl
         row = [display_lo_hi[crop]]
         for d in d_px:
             rec = NoduleRecord(center_xy=centre, diameter_px=round(d, 3), seed=shape_seed, diameter_mm=None if mm_per_px is None else round(d * mm_per_px, 3))
-            out_image, out_target = InsertNodules([rec], shape_model=tf.shape_model, texture_model=tf.texture_model)(image, base)
-            shown = _display_with_window(out_image, image)
-            records.append(out_target["nodules"][-1].to_dict())
-            row.append((shown[crop], out_target["masks"][-1][crop]))
+            (inserted,) = synth.insert([image], [[rec]])
+            shown = _display_with_window(inserted.image, image)
+            records.append(inserted.records[-1].to_dict())
+            row.append((shown[crop], inserted.masks[-1][crop]))
         rows.append(row)
 
     fig, axes = plt.subplots(len(rows), 1 + 2 * len(d_px), figsize=(2.2 * (1 + 2 * len(d_px)), 2.3 * len(rows)), squeeze=False)
@@ -126,9 +129,9 @@ def run_one(name: str, image: torch.Tensor, target: dict, tf, diameters: list[fl
 
     # Overview: the largest version of every shape, all at once, with lung and nodule contours.
     all_records = [NoduleRecord(center_xy=c, diameter_px=round(max(d_px), 3), seed=s) for s, c in zip(seeds, centres)]
-    over_image, over_target = InsertNodules(all_records, shape_model=tf.shape_model, texture_model=tf.texture_model)(image, base)
-    shown = _display_with_window(over_image, image)
-    contours = [(lung, (0.2, 0.9, 0.2))] + [(m, (1.0, 0.15, 0.15)) for m in over_target["masks"]]
+    (overview,) = synth.insert([image], [all_records])
+    shown = _display_with_window(overview.image, image)
+    contours = [(lung, (0.2, 0.9, 0.2))] + [(m, (1.0, 0.15, 0.15)) for m in overview.masks]
     small = 1024 / max(shown.shape)
     fig, ax = plt.subplots(1, 2, figsize=(12, 6.4))
     ax[0].imshow(display_lo_hi, cmap="gray", vmin=0, vmax=1)
@@ -141,7 +144,7 @@ def run_one(name: str, image: torch.Tensor, target: dict, tf, diameters: list[fl
     fig.tight_layout()
     fig.savefig(out / f"overview_{name}.png", dpi=int(100 * max(small, 0.5) + 20))
     plt.close(fig)
-    (out / f"records_{name}.json").write_text(json.dumps({"grid": records, "overview": [r.to_dict() for r in over_target["nodules"]]}, indent=1))
+    (out / f"records_{name}.json").write_text(json.dumps({"grid": records, "overview": [r.to_dict() for r in overview.records]}, indent=1))
     return {"name": name, "nodules": len(records), "lung_fraction": float(lung.float().mean())}
 
 
@@ -154,12 +157,11 @@ def _display_with_window(new: torch.Tensor, reference: torch.Tensor) -> torch.Te
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_nodule_aug import NoduleInpaint
-
+    from cxr_nodule_aug import NoduleSynthesizer
     from cxr_nodule_aug.hub import WeightsError
 
     try:
-        tf = NoduleInpaint(weights=args.weights, p=1.0)
+        synth = NoduleSynthesizer.from_pretrained(args.weights)
     except (WeightsError, ValueError, FileNotFoundError) as err:
         raise UsageError(f"--weights {args.weights!r}: {err}" if args.weights is not None else str(err)) from None
     try:
@@ -177,14 +179,14 @@ def run(args: argparse.Namespace) -> int:
     if radiograph.pixel_spacing_mm is not None:
         target["pixel_spacing_mm"] = radiograph.pixel_spacing_mm
     name = Path(radiograph.path).stem
-    summaries.append(run_one(name, image, target, tf, list(args.diameters_px), "px", args.shape_seeds, args.seed, args.out))
+    summaries.append(run_one(name, image, target, synth, list(args.diameters_px), "px", args.shape_seeds, args.seed, args.out))
     if not args.no_sim:
         from cxr_nodule_aug.sim import SimCXR
 
         render = SimCXR().render(seed=args.seed + 7, n_nodules=0)
         image, target = render.to_sample()
         target = {k: target[k] for k in ("boxes", "labels", "lung_mask", "pixel_spacing_mm")}
-        summaries.append(run_one("simcxr", image, target, tf, list(args.diameters_mm), "mm", args.shape_seeds, args.seed, args.out))
+        summaries.append(run_one("simcxr", image, target, synth, list(args.diameters_mm), "mm", args.shape_seeds, args.seed, args.out))
     for s in summaries:
         print(f"{s['name']}: {s['nodules']} nodules inserted; figure demo_{s['name']}.png, overview_{s['name']}.png, records_{s['name']}.json")
     print(f"demo written to {args.out}")

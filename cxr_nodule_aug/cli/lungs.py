@@ -2,9 +2,9 @@
 
 A sample without ``target["lung_mask"]`` makes :class:`~cxr_nodule_aug.NoduleInpaint` run its
 lung model on every call (about 20 ms an image in a single-threaded DataLoader worker, the
-largest per-image cost of online augmentation on a CPU). This command runs the same code,
-``NoduleInpaint(...).lung_mask(image, target)``, once per image of a NODE21 or VinDr-CXR
-dataset and writes to ``--out``::
+largest per-image cost of online augmentation on a CPU). This command runs the same code, the
+engine's :meth:`~cxr_nodule_aug.NoduleSynthesizer.lung_mask`, once per image of a NODE21 or
+VinDr-CXR dataset (loading the lung model only) and writes to ``--out``::
 
     <name>.png     8-bit 0/255 lung field at the image's full resolution; <name> is
                    :func:`~cxr_nodule_aug.datasets.lung_mask_filename`, the name the
@@ -33,12 +33,11 @@ from typing import Any
 import numpy as np
 
 from cxr_nodule_aug.cli.arguments import output_dir
-from cxr_nodule_aug.cli.errors import CommandError, UsageError
+from cxr_nodule_aug.cli.errors import EXIT_SOME_FAILED, CommandError, UsageError
 from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
 from cxr_nodule_aug.io import atomic_write, png_bytes, remove_temp_files
 
 DATASETS = tuple(name for name, kind in DATASET_KINDS.items() if kind.lung_mask_folder)  # the kinds that take lung_mask_dir
-EXIT_SOME_FAILED = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,25 +92,31 @@ def replaced_image(dataset: Any, out: Path, names: list[str]) -> str | None:
     return next((n for n in names if (out / n).resolve() in images), None)
 
 
-def write_lung_masks(dataset: Any, out: Path, inpaint: Any, progress: bool = False) -> LungMaskSummary:
+def write_lung_masks(dataset: Any, out: Path, engine: Any, progress: bool = False) -> LungMaskSummary:
     """Write ``out/<name>.png`` for every image of ``dataset`` that has none yet.
 
     Args:
         dataset: an ``AnnotatedImages`` (Node21Dataset, VinDrCXRDataset, JSRTDataset,
             ChestXray14Dataset) opened without ``transforms`` and without ``lung_mask_dir``.
         out: the mask folder (created).
-        inpaint: the ``NoduleInpaint`` whose :meth:`lung_mask` is recorded (its lung model,
-            its device).
+        engine: the :class:`~cxr_nodule_aug.NoduleSynthesizer` whose :meth:`lung_mask` is
+            recorded (its lung model, its device), or a transform holding one
+            (``NoduleInpaint``: its ``synthesizer``).
     Returns:
         A :class:`LungMaskSummary`. Writes (or removes a stale) ``out/failed.txt``.
     """
     import torch
     from tqdm import tqdm
 
+    from cxr_nodule_aug.synthesizer import NoduleSynthesizer
+
     if dataset.transforms is not None or dataset.lung_mask_dir is not None:
         raise ValueError("open the dataset without transforms and without lung_mask_dir: the masks are computed from the raw images")
-    if inpaint.lung_model is None:
-        raise ValueError("the transform has no lung model: nothing to compute the masks with")
+    synth = getattr(engine, "synthesizer", engine)
+    if not isinstance(synth, NoduleSynthesizer):
+        raise TypeError(f"engine must be a NoduleSynthesizer or a transform holding one, got {type(engine).__name__}")
+    if synth.lung_model is None:
+        raise ValueError("the synthesizer has no lung model: nothing to compute the masks with")
     names = mask_names(dataset)
     clash = replaced_image(dataset, out, names)
     if clash is not None:
@@ -126,9 +131,9 @@ def write_lung_masks(dataset: Any, out: Path, inpaint: Any, progress: bool = Fal
             if (out / name).is_file():
                 summary.skipped.append(name)
                 continue
-            image, target = dataset[i]
+            image, _ = dataset[i]
             try:
-                mask = inpaint.lung_mask(image, target)
+                mask = synth.lung_mask(image)
             except ValueError as err:  # no lung found, a constant image: NoduleInpaint fails on it online too
                 summary.failed.append((str(path), str(err)))
                 continue
@@ -150,14 +155,14 @@ def write_lung_masks(dataset: Any, out: Path, inpaint: Any, progress: bool = Fal
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from cxr_nodule_aug import NoduleInpaint
+    from cxr_nodule_aug import NoduleSynthesizer
     from cxr_nodule_aug.hub import WeightsError
 
     out: Path = args.out
     if args.dataset not in DATASETS:
         extra = f" ({args.dataset} datasets ship their lung masks)" if args.dataset in DATASET_KINDS else ""
         raise _fail(f"--dataset {args.dataset!r}: expected {' or '.join(DATASETS)}{extra}; "
-                    "for other datasets call cxr_nodule_aug.cli.lungs.write_lung_masks(dataset, out, NoduleInpaint()) in Python")
+                    "for other datasets call cxr_nodule_aug.cli.lungs.write_lung_masks(dataset, out, NoduleSynthesizer.from_pretrained()) in Python")
     if not Path(args.data).is_dir():
         raise _fail(f"--data {args.data!r}: no such directory")
     try:
@@ -181,15 +186,14 @@ def run(args: argparse.Namespace) -> int:
     if replaced_image(dataset, out, names) is not None:
         raise _fail(f"--out {str(out)!r} holds the dataset's images: a mask would replace an image; use another folder")
     try:
-        # The transform train detector's augmentation builds (shipped weights) with only the
-        # lung model and device changeable; lung_mask() runs nothing else of it.
-        inpaint = NoduleInpaint(lung_model=args.lung_model, device=args.device)
+        # The engine train detector's augmentation uses (shipped weights), its lung model only.
+        synth = NoduleSynthesizer.from_pretrained(shape_model=False, texture_model=False, lung_model=args.lung_model, device=args.device)
     except (ValueError, WeightsError) as err:
         raise _fail(f"--lung-model {args.lung_model!r}: {err}" if args.lung_model is not None else str(err)) from None
-    if inpaint.lung_model is None:
+    if synth.lung_model is None:
         raise _fail("no shipped lung model was found (set CXR_NODULE_AUG_WEIGHTS or pass --lung-model DIR or org/name[@rev])")
     try:
-        summary = write_lung_masks(dataset, out, inpaint, progress=not args.no_progress)
+        summary = write_lung_masks(dataset, out, synth, progress=not args.no_progress)
     except ValueError as err:
         raise CommandError(str(err)) from None
     print(f"{len(dataset)} images: wrote {len(summary.written)} lung masks, kept {len(summary.skipped)} already in {out}, "

@@ -40,11 +40,13 @@ from typing import Any
 import numpy as np
 
 from cxr_nodule_aug.cli.arguments import NumberRange, output_dir, torch_device, whole_number
-from cxr_nodule_aug.cli.errors import CommandError, UsageError
+from cxr_nodule_aug.cli.errors import UsageError
 from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
-from cxr_nodule_aug.io import atomic_write, png_bytes, remove_temp_files
+from cxr_nodule_aug.eval.node21_io import write_node21_metadata
+from cxr_nodule_aug.io import atomic_write, check_or_write_manifest, image_seed, png_bytes, remove_temp_files
 
-FORMAT = "cxr-nodule-aug-synthesize/1"
+# /2: image i's generator seed is io.image_seed(seed, i, 5), the one per-item seed (was a 63-bit draw).
+FORMAT = "cxr-nodule-aug-synthesize/2"
 
 
 # -- argument types ------------------------------------------------------------------------------
@@ -92,11 +94,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def image_seed(seed: int, index: int) -> int:
-    """The generator seed of output image ``index`` (independent of every other image)."""
-    return int(np.random.SeedSequence([int(seed), int(index), 5]).generate_state(1, dtype=np.uint64)[0] % 2**63)
-
-
 def source_order(num_sources: int, count: int, seed: int) -> list[int]:
     """``count`` positions into the eligible sources: a seeded shuffle, cycled."""
     perm = np.random.default_rng([int(seed), 11]).permutation(num_sources).tolist()
@@ -144,33 +141,6 @@ def _manifest_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "num_nodules": args.num_nodules, "contrast": args.contrast, "seed": args.seed,
         "weights": weights, "nodule_free_only": bool(args.nodule_free_only), "device": args.device,
     }
-
-
-def _check_or_write_manifest(out: Path, manifest: dict[str, Any]) -> bool:
-    """Create ``out/manifest.json`` or check that ``out`` holds the same run; True if complete."""
-    path = out / "manifest.json"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a file, not a directory")
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise CommandError(f"--out {str(out)!r}: unreadable manifest.json ({err}); use a new --out") from None
-        old_core = {k: v for k, v in old.items() if k != "complete"}
-        if old_core != manifest:
-            keys = set(old_core.get("arguments", {})) | set(manifest["arguments"])
-            diff = sorted(k for k in keys if old_core.get("arguments", {}).get(k) != manifest["arguments"].get(k))
-            diff += [k for k in ("format", "library_version") if old_core.get(k) != manifest[k]]
-            raise UsageError(
-                f"--out {str(out)!r} holds a synthesized set made by a different command (differs in: {', '.join(diff)}); "
-                "use a new --out, or the same arguments to resume"
-            )
-        return bool(old.get("complete"))
-    if out.is_dir() and any(out.iterdir()):
-        raise UsageError(f"--out {str(out)!r} is not empty and holds no synthesize manifest.json: refusing to mix datasets; use a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps({**manifest, "complete": False}, indent=1, sort_keys=True).encode())
-    return False
 
 
 def _to_numpy(image) -> np.ndarray:
@@ -262,15 +232,16 @@ def _open_sources(args: argparse.Namespace):
 def _make_transform(args: argparse.Namespace):
     import torch
 
-    from cxr_nodule_aug import HEMSampler, NoduleInpaint
+    from cxr_nodule_aug import HEMSampler, NoduleInpaint, NoduleSynthesizer
 
     if isinstance(args.diameters, str):
         diameters: Any = HEMSampler.load(args.diameters)
         unit = diameters.unit
     else:
         diameters, unit = args.diameters, args.unit
+    synth = NoduleSynthesizer.from_pretrained(args.weights, device=args.device)
     return NoduleInpaint(diameters=diameters, unit=unit, num_nodules=args.num_nodules, contrast=args.contrast, p=1.0,
-                         weights=args.weights, device=args.device, generator=torch.Generator())
+                         synthesizer=synth, generator=torch.Generator())
 
 
 def _check_spacing_for_mm(args: argparse.Namespace, tf, dataset, eligible: list[int]) -> None:
@@ -312,7 +283,7 @@ def synthesize_one(tf, dataset, source_index: int, index: int, name: str, seed: 
     if use_twin:
         image = target["image_nodule_free"]
     image, clean = _clean_sample(image, target, use_twin)
-    tf.generator.manual_seed(image_seed(seed, index))
+    tf.generator.manual_seed(image_seed(seed, index, 5))
     try:
         out_image, out_target = tf(image, clean)
     except ValueError as err:  # PlacementError included
@@ -334,29 +305,17 @@ def synthesize_one(tf, dataset, source_index: int, index: int, name: str, seed: 
     }
 
 
-def _number(value: float) -> int | str:
-    """Whole pixels as integers (as NODE21 writes them), anything else exactly."""
-    return int(value) if float(value).is_integer() else repr(float(value))
-
-
 def _write_dataset_files(out: Path, parts: list[dict[str, Any]]) -> None:
-    meta = io.StringIO()
-    w = csv.writer(meta, lineterminator="\n")
-    w.writerow(["img_name", "x", "y", "width", "height", "label"])
+    write_node21_metadata(out / "metadata.csv", {part["img_name"]: part["boxes_xyxy"] for part in parts})
     spacing = io.StringIO()
     sw = csv.writer(spacing, lineterminator="\n")
     sw.writerow(["img_name", "row_mm", "col_mm"])
     lines = []
     for part in parts:
-        if not part["boxes_xyxy"]:
-            w.writerow([part["img_name"], 0, 0, 0, 0, 0])
-        for x0, y0, x1, y1 in part["boxes_xyxy"]:
-            w.writerow([part["img_name"], *(_number(v) for v in (x0, y0, x1 - x0, y1 - y0)), 1])
         sw.writerow([part["img_name"], *(part["pixel_spacing_mm"] or ["", ""])])
         for record in part["records"]:
             line = {k: part[k] for k in ("img_name", "source_id", "source_index", "source_image")}
             lines.append(json.dumps({**line, "record": record}, sort_keys=True))
-    atomic_write(out / "metadata.csv", meta.getvalue().encode())
     atomic_write(out / "pixel_spacing.csv", spacing.getvalue().encode())
     atomic_write(out / "records.jsonl", "".join(line + "\n" for line in lines).encode())
     if (out / "lung_masks").is_dir() and not any((out / "lung_masks").iterdir()):
@@ -386,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     created = not out.exists()
-    complete = _check_or_write_manifest(out, manifest)
+    complete = check_or_write_manifest(out, manifest, "a synthesized set")
     parts_dir = out / ".parts"
     if complete:
         _finish(out)  # an earlier run killed after marking the set complete

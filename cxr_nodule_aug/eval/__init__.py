@@ -23,6 +23,7 @@ from cxr_nodule_aug.eval.node21_io import (
     predictions_from_node21_json,
     read_node21_metadata,
     read_node21_predictions,
+    write_node21_metadata,
     write_node21_predictions,
 )
 from cxr_nodule_aug.eval.plot import plot_froc
@@ -44,5 +45,6 @@ __all__ = [
     "read_node21_metadata",
     "read_node21_predictions",
     "write_node21_predictions",
+    "write_node21_metadata",
     "plot_froc",
 ]

@@ -16,6 +16,9 @@
   unless ``image_names`` is given.
 * **Ground truth**: NODE21's ``metadata.csv`` with columns ``img_name,x,y,width,height,label``
   (pixels; a row with ``label`` 0 lists an image without nodules; other columns are ignored).
+  :func:`write_node21_metadata` is the one writer (``sim`` and ``synthesize`` use it): box
+  values exactly as given (whole pixels as integers, others as the shortest exact float),
+  so that :func:`read_node21_metadata` gives the same float32 boxes back.
 
 Boxes in memory are torchvision's: (N, 4) XYXY float32 tensors in pixels.
 """
@@ -36,6 +39,8 @@ __all__ = [
     "node21_json_from_predictions",
     "predictions_from_node21_json",
     "read_node21_metadata",
+    "write_node21_metadata",
+    "node21_metadata_csv",
 ]
 
 NODE21_JSON_TYPE = "Multiple 2D bounding boxes"
@@ -211,3 +216,41 @@ def read_node21_metadata(path: str | os.PathLike) -> dict[str, dict[str, torch.T
         name: {"boxes": torch.from_numpy(b).reshape(-1, 4), "labels": torch.ones(len(b), dtype=torch.int64)}
         for name, b in parse_node21_metadata(path).items()
     }
+
+
+def _csv_number(value: float) -> int | str:
+    """Whole pixels as integers (as NODE21 writes them), anything else exactly (``repr``)."""
+    return int(value) if float(value).is_integer() else repr(float(value))
+
+
+def node21_metadata_csv(boxes: Mapping[str, Any]) -> str:
+    """NODE21 ``metadata.csv`` text: ``boxes`` maps each image name to its (N, 4) XYXY pixel
+    boxes (a tensor, array or nested sequence; N may be 0), in the order given. One label-1 row
+    ``x, y, width, height`` per box; an image without boxes gets one label-0 row of zeros.
+    Coordinates are written exactly (no rounding, no truncation); width and height are
+    ``x1 - x0`` and ``y1 - y0`` in float64."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(["img_name", "x", "y", "width", "height", "label"])
+    for name, image_boxes in boxes.items():
+        b = torch.as_tensor(image_boxes, dtype=torch.float64).detach().cpu()
+        b = b.reshape(0, 4) if b.numel() == 0 else b
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise ValueError(f"boxes[{name!r}] must have shape (N, 4) (XYXY pixels), got {tuple(b.shape)}")
+        if not torch.isfinite(b).all() or (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
+            raise ValueError(f"boxes[{name!r}] must be finite XYXY boxes with x1 >= x0 and y1 >= y0, got {b.tolist()}")
+        if not len(b):
+            w.writerow([name, 0, 0, 0, 0, 0])
+        for x0, y0, x1, y1 in b.tolist():
+            w.writerow([name, *(_csv_number(v) for v in (x0, y0, x1 - x0, y1 - y0)), 1])
+    return text.getvalue()
+
+
+def write_node21_metadata(path: str | os.PathLike, boxes: Mapping[str, Any]) -> None:
+    """Write :func:`node21_metadata_csv` to ``path`` atomically (whole or not at all)."""
+    from cxr_nodule_aug.io.writers import atomic_write
+
+    atomic_write(path, node21_metadata_csv(boxes).encode())

@@ -7,6 +7,7 @@ same records, models and device they give the same pixels.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -98,20 +99,6 @@ def _index(start: int, size: int, limit: int, device: torch.device) -> torch.Ten
 
 
 @dataclass
-class _Cut:
-    """One image's patches, cut and ready for the texture model."""
-
-    image: torch.Tensor
-    records: list[NoduleRecord]
-    gray: torch.Tensor
-    lo: float
-    hi: float
-    patches: torch.Tensor  # (N, 1, P, P)
-    holes: torch.Tensor  # (N, 1, P, P)
-    regions: list[tuple[int, int, int, torch.Tensor, torch.Tensor]]  # (oy, ox, R, footprint, region)
-
-
-@dataclass
 class PatchCut:
     """One nodule's texture-model input, as :func:`cut_patch` cuts it."""
 
@@ -167,34 +154,85 @@ Working = tuple[torch.Tensor, float, float]
 """``to_working(image)``'s result: (H, W) float32 grey level and its (lo, hi) window."""
 
 
-def _cut(
+def shape_footprints(
+    shape_model: ShapeGenerator, seeds: list[int], diameters_px: list[float], patch_size: int, max_fill: float, *, device: torch.device | None = None
+) -> list[torch.Tensor]:
+    """The shape model's masks for ``seeds``, each size-modulated to its diameter on its canvas
+    (:func:`nodule_footprints`): the masks the nodules will have. ``ValueError`` when the model
+    gives an empty mask (an untrained model) rather than a nodule of no pixels."""
+    if len(seeds) != len(diameters_px):
+        raise ValueError(f"seeds and diameters_px must pair up, got {len(seeds)} and {len(diameters_px)}")
+    if not seeds:
+        return []
+    shapes = shape_model.generate(list(seeds), device=device)
+    for seed, shape in zip(seeds, shapes):
+        if not shape.any():
+            raise ValueError(f"the shape model produced an empty mask for seed {seed}; is it trained?")
+    return nodule_footprints(shapes, list(diameters_px), patch_size, max_fill)
+
+
+@dataclass
+class NoduleCut:
+    """One image's nodules, cut and ready for a composition (the texture model's input)."""
+
+    image: torch.Tensor
+    """(C, H, W) the image as given."""
+    working: Working
+    """The working image (grey level in the image's own window) and the window (lo, hi)."""
+    patches: torch.Tensor
+    """(N, 1, P, P) float32 in [0, 1]: the working image around each nodule, resampled to P."""
+    holes: torch.Tensor
+    """(N, 1, P, P) float32 {0, 1}: each footprint (boxed for ``mask_type="box"``), resampled to P."""
+    footprints: list[torch.Tensor]
+    """N (R, R) bool: each nodule's mask on its canvas, as it will be pasted."""
+    regions: list[torch.Tensor]
+    """N (R, R) float32: the working image under each canvas (not clamped, not resampled)."""
+    origins_yx: list[tuple[int, int]]
+    """Each canvas' top-left pixel in the image (may lie outside it: border pixels repeat)."""
+
+
+def cut_nodules(
     image: torch.Tensor,
-    records: list[NoduleRecord],
-    shape_model: ShapeGenerator,
-    texture_model: TextureGenerator,
-    footprints: list[torch.Tensor] | None,
+    centers_xy: list[tuple[int, int]],
+    footprints: list[torch.Tensor],
+    patch_size: int,
+    mask_type: str = "shape",
     working: Working | None = None,
-) -> _Cut:
+) -> NoduleCut:
+    """Cut every nodule of one image (:func:`cut_patch` each): the cut inference and the
+    texture trainer share.
+
+    Args:
+        image: (C, H, W), any dtype :func:`check_image` admits, any device.
+        centers_xy: one ``(x, y)`` anchor per nodule (``NoduleRecord.center_xy``).
+        footprints: one (R, R) bool mask per nodule (:func:`nodule_footprints`).
+        patch_size, mask_type: the texture model's ``patch_size`` and ``mask_type``.
+        working: ``to_working(image)`` when the caller has it (the window is an image-wide
+            percentile), on the image's device; else computed here.
+    """
     check_image(image)
+    return _cut_checked(image, centers_xy, footprints, patch_size, mask_type, working)
+
+
+def _cut_checked(image, centers_xy, footprints, patch_size, mask_type, working) -> NoduleCut:
+    if len(centers_xy) != len(footprints):
+        raise ValueError(f"centers_xy and footprints must pair up, got {len(centers_xy)} and {len(footprints)}")
     device = image.device
     _, H, W = image.shape
-    P, max_fill = texture_model.patch_size, texture_model.max_fill
-    if footprints is None:
-        check_diameters_fit([r.diameter_px for r in records], H, W, "the image")
-        shapes = shape_model.generate([r.seed for r in records], device=device)
-        footprints = nodule_footprints(shapes, [r.diameter_px for r in records], P, max_fill)
-    # The window is an image-wide percentile: reuse it when the caller (the lung model) has it.
     gray, lo, hi = to_working(image) if working is None else working
     if gray.shape != (H, W) or gray.device != device:
         raise ValueError(f"working image must be ({H}, {W}) on {device} like the image, got {tuple(gray.shape)} on {gray.device}")
-    patches, holes, regions = [], [], []
-    for rec, fp in zip(records, footprints):
-        c = cut_patch(gray, rec.center_xy, fp, P, texture_model.mask_type)
-        regions.append((c.origin_yx[0], c.origin_yx[1], fp.shape[0], c.footprint, c.region))
-        patches.append(c.patch)
-        holes.append(c.hole)
-    empty = torch.zeros(0, 1, P, P, device=device)
-    return _Cut(image, records, gray, lo, hi, torch.cat(patches) if patches else empty, torch.cat(holes) if holes else empty, regions)
+    cuts = [cut_patch(gray, c, fp, patch_size, mask_type) for c, fp in zip(centers_xy, footprints)]
+    empty = torch.zeros(0, 1, patch_size, patch_size, device=device)
+    return NoduleCut(
+        image=image,
+        working=(gray, lo, hi),
+        patches=torch.cat([c.patch for c in cuts]) if cuts else empty,
+        holes=torch.cat([c.hole for c in cuts]) if cuts else empty,
+        footprints=[c.footprint for c in cuts],
+        regions=[c.region for c in cuts],
+        origins_yx=[c.origin_yx for c in cuts],
+    )
 
 
 def run_texture(texture_model: TextureGenerator, patches: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
@@ -206,16 +244,60 @@ def run_texture(texture_model: TextureGenerator, patches: torch.Tensor, holes: t
         return texture_model(patches.to(model_dtype), holes.to(model_dtype)).fine.float()
 
 
-def _paste(cut: _Cut, fine: torch.Tensor, patch_size: int) -> InsertionResult:
-    image, records = cut.image, cut.records
+Composition = Callable[[torch.nn.Module, list[NoduleCut], list[list[NoduleRecord]]], list[list[torch.Tensor]]]
+"""How a nodule's new pixels are made from its cut: ``composition(model, cuts, records)``.
+
+Called once per batch with every image's :class:`NoduleCut` and records (so that one network
+call serves all nodules of all images); returns, per image and per nodule, the (R, R) float32
+*change* of the working image on the nodule's canvas (R = ``region.shape[-1]``). The paste
+(:func:`paste_nodules`) scales it by the record's ``contrast``, keeps it inside the footprint,
+adds it to the working image and maps the result back to the image's dtype and range.
+"""
+
+
+def replace_composition(texture_model: torch.nn.Module, cuts: list[NoduleCut], records: list[list[NoduleRecord]]) -> list[list[torch.Tensor]]:
+    """The paper's inpainting: the texture model fills the hole, and the nodule's pixels are
+    *replaced* by its output (change = output resampled to R - working region)."""
+    del records  # the conditions of this mode are the patch and the hole only
+    n = sum(len(c.regions) for c in cuts)
+    if n == 0:
+        return [[] for _ in cuts]
+    fine = run_texture(texture_model, torch.cat([c.patches for c in cuts]), torch.cat([c.holes for c in cuts]))
+    out, start = [], 0
+    for c in cuts:
+        P = c.patches.shape[-1]
+        changes = []
+        for i, region in enumerate(c.regions):
+            gen = fine[start + i : start + i + 1]
+            R = region.shape[-1]
+            if R != P:
+                gen = F.interpolate(gen, size=(R, R), mode="bilinear", align_corners=False)
+            changes.append(gen[0, 0] - region)
+        out.append(changes)
+        start += len(c.regions)
+    return out
+
+
+def paste_nodules(cut: NoduleCut, records: list[NoduleRecord], changes: list[torch.Tensor]) -> InsertionResult:
+    """Write the composition's working-domain ``changes`` into the image (the footprints'
+    pixels only, scaled by each record's ``contrast``): the result in the image's dtype, range
+    and device, with masks, boxes and the records' measured fields.
+
+    Raises :class:`PlacementError` for a nodule that does not lie inside the image and
+    :class:`InsertionError` for one that changes no pixel (a box there would label nothing).
+    """
+    image = cut.image
+    if not len(records) == len(changes) == len(cut.footprints):
+        raise ValueError(f"records, changes and the cut's nodules must pair up, got {len(records)}, {len(changes)} and {len(cut.footprints)}")
     device = image.device
     _, H, W = image.shape
     n = len(records)
+    _, lo, hi = cut.working
     masks = torch.zeros(n, H, W, dtype=torch.bool, device=device)
     # Only the footprints' pixels change: the intensity change lives on the union of their
     # boxes (clipped to the image), not on a whole-radiograph buffer.
     boxes = []
-    for i, (rec, (oy, ox, R, fp, _)) in enumerate(zip(records, cut.regions)):
+    for i, (rec, (oy, ox), fp) in enumerate(zip(records, cut.origins_yx, cut.footprints)):
         top, left, h, w = _bbox_hw(fp)
         box = (ox + left, oy + top, ox + left + w, oy + top + h)
         if box[0] < 0 or box[1] < 0 or box[2] > W or box[3] > H:
@@ -226,11 +308,8 @@ def _paste(cut: _Cut, fine: torch.Tensor, patch_size: int) -> InsertionResult:
         uy1, ux1 = max(b[3] for b in boxes), max(b[2] for b in boxes)
         delta = torch.zeros(uy1 - uy0, ux1 - ux0, device=device)
     out_records = []
-    for i, (rec, (oy, ox, R, fp, region), box) in enumerate(zip(records, cut.regions, boxes)):
-        gen = fine[i : i + 1]
-        if R != patch_size:
-            gen = F.interpolate(gen, size=(R, R), mode="bilinear", align_corners=False)
-        change = rec.contrast * (gen[0, 0] - region) * fp
+    for i, (rec, (oy, ox), fp, d, box) in enumerate(zip(records, cut.origins_yx, cut.footprints, changes, boxes)):
+        change = rec.contrast * d * fp
         x0, y0, x1, y1 = box
         delta[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0] += change[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
         masks[i, y0:y1, x0:x1] = fp[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
@@ -241,7 +320,7 @@ def _paste(cut: _Cut, fine: torch.Tensor, patch_size: int) -> InsertionResult:
         # whatever the dtype and value range. The clamp range is the whole image's.
         crop = image[:, uy0:uy1, ux0:ux1]
         inside = masks[:, uy0:uy1, ux0:ux1].any(0)
-        new = from_working(crop, delta, cut.lo, cut.hi, limits=value_limits(image))
+        new = from_working(crop, delta, lo, hi, limits=value_limits(image))
         out[:, uy0:uy1, ux0:ux1] = torch.where(inside, new, crop)
         changed = (new != crop).any(0) & inside
         for i, (rec, box) in enumerate(zip(records, boxes)):
@@ -251,7 +330,7 @@ def _paste(cut: _Cut, fine: torch.Tensor, patch_size: int) -> InsertionResult:
                 raise InsertionError(
                     f"nodule {i} (contrast={rec.contrast:g}, diameter {rec.diameter_px:g} px at center_xy={rec.center_xy}) changed no pixel "
                     f"of this {dtype} image: the synthesised change is below the {dtype} resolution of the image's window "
-                    f"[{cut.lo:g}, {cut.hi:g}] or lies beyond its value range {value_limits(image)}; a box there would label "
+                    f"[{lo:g}, {hi:g}] or lies beyond its value range {value_limits(image)}; a box there would label "
                     "nothing, so use a larger contrast"
                 )
     return InsertionResult(out, masks, torch.tensor(boxes, dtype=torch.float32, device=device).reshape(-1, 4), out_records)
@@ -264,6 +343,7 @@ def insert_nodules(
     texture_model: TextureGenerator,
     *,
     footprints: list[torch.Tensor] | None = None,
+    composition: Composition = replace_composition,
 ) -> InsertionResult:
     """Insert one nodule per record into ``image``; the input is not modified.
 
@@ -273,10 +353,13 @@ def insert_nodules(
         shape_model, texture_model: the generators (on ``image.device``).
         footprints: precomputed :func:`nodule_footprints` for these records (saves a second
             shape generation when the caller already placed them).
+        composition: how the new pixels are made (:data:`Composition`; default the paper's
+            inpainting, :func:`replace_composition`).
 
-    All texture patches of the image go through the texture model in one batch.
+    All texture patches of the image go through the texture model in one batch. The engine,
+    :class:`cxr_nodule_aug.synthesizer.NoduleSynthesizer`, runs this with its models.
     """
-    return insert_nodules_batch([image], [records], shape_model, texture_model, footprints=None if footprints is None else [footprints])[0]
+    return insert_nodules_batch([image], [records], shape_model, texture_model, footprints=None if footprints is None else [footprints], composition=composition)[0]
 
 
 def insert_nodules_batch(
@@ -287,9 +370,14 @@ def insert_nodules_batch(
     *,
     footprints: list[list[torch.Tensor] | None] | None = None,
     working: list[Working | None] | None = None,
+    composition: Composition = replace_composition,
 ) -> list[InsertionResult]:
     """:func:`insert_nodules` for several images with one texture-model call for all their
     nodules (the way to keep a GPU busy); each image's result is the per-image one.
+
+    The pipeline, in order: footprints (:func:`shape_footprints`, unless given) -> cut
+    (:func:`cut_nodules`) -> ``composition`` (one call for the batch) -> paste
+    (:func:`paste_nodules`).
 
     ``working``: per image, ``to_working(image)`` if the caller already computed it (the lung
     model needs it too), else ``None``.
@@ -298,14 +386,17 @@ def insert_nodules_batch(
         raise ValueError(f"images and records must pair up, got {len(images)} and {len(records)}")
     footprints = footprints or [None] * len(images)
     working = working or [None] * len(images)
-    cuts = [_cut(img, recs, shape_model, texture_model, fps, wk) for img, recs, fps, wk in zip(images, records, footprints, working)]
+    P, max_fill = texture_model.patch_size, texture_model.max_fill
+    cuts = []
+    for image, recs, fps, wk in zip(images, records, footprints, working):
+        check_image(image)
+        if fps is None:
+            _, H, W = image.shape
+            check_diameters_fit([r.diameter_px for r in recs], H, W, "the image")
+            fps = shape_footprints(shape_model, [r.seed for r in recs], [r.diameter_px for r in recs], P, max_fill, device=image.device)
+        cuts.append(_cut_checked(image, [r.center_xy for r in recs], fps, P, texture_model.mask_type, wk))
     devices = {c.patches.device for c in cuts if len(c.patches)}
     if len(devices) > 1:
         raise ValueError(f"all images of a batch must be on one device, got {sorted(map(str, devices))}")
-    fine = run_texture(texture_model, torch.cat([c.patches for c in cuts]), torch.cat([c.holes for c in cuts])) if devices else None
-    results, start = [], 0
-    for c in cuts:
-        n = len(c.records)
-        results.append(_paste(c, fine[start : start + n] if fine is not None else c.patches, texture_model.patch_size))
-        start += n
-    return results
+    changes = composition(texture_model, cuts, records)
+    return [paste_nodules(c, recs, ch) for c, recs, ch in zip(cuts, records, changes)]

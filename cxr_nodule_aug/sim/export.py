@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cxr_nodule_aug.io.writers import atomic_write, png_bytes, remove_temp_files
+from cxr_nodule_aug.eval.node21_io import write_node21_metadata
+from cxr_nodule_aug.io.writers import atomic_write, check_or_write_manifest, image_seed, png_bytes, remove_temp_files
 
 FORMAT = "simcxr-export/1"
 
@@ -43,15 +44,6 @@ def export_plan(seed: int, normal: int, nodule: int) -> np.ndarray:
     return flags
 
 
-def image_seed(seed: int, index: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
-
-
-# One writer for every exported file (whole files or none; see cxr_nodule_aug.io.writers).
-_atomic_write = atomic_write
-_png_bytes = png_bytes
-
-
 def manifest_for(seed, normal, nodule, size, shards, config_overrides) -> dict[str, Any]:
     from cxr_nodule_aug import __version__
 
@@ -62,25 +54,6 @@ def manifest_for(seed, normal, nodule, size, shards, config_overrides) -> dict[s
     }
 
 
-def check_or_write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    """Create ``out/manifest.json`` or check that an existing one matches (resume)."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "manifest.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        old_core = {k: v for k, v in old.items() if k != "complete"}
-        if old_core != manifest:
-            diff = sorted(k for k in set(old_core) | set(manifest) if old_core.get(k) != manifest.get(k))
-            raise ValueError(
-                f"{out} already holds a SimCXR export made with different arguments ({', '.join(diff)}); "
-                "use another --out or the same arguments to resume"
-            )
-        return
-    if any(out.iterdir()):
-        raise ValueError(f"--out {out} is not empty and has no manifest.json: refusing to mix exports")
-    _atomic_write(path, json.dumps({**manifest, "complete": False}, indent=1, sort_keys=True).encode())
-
-
 def render_one(sim, seed: int, index: int, has_nodules: bool, out: Path, max_nodules: int = 3) -> dict:
     """Render and write image ``index``; returns its record (also written to records/)."""
     name = image_name(index)
@@ -89,23 +62,23 @@ def render_one(sim, seed: int, index: int, has_nodules: bool, out: Path, max_nod
     n = int(np.random.default_rng([iseed, 7]).integers(lo, hi + 1)) if has_nodules else 0
     res = sim.render(iseed, n_nodules=n)
     to16 = lambda t: np.round(t.numpy() * 65535.0).astype(np.uint16)  # noqa: E731
-    _atomic_write(out / "images" / f"{name}.png", _png_bytes(to16(res.image)))
+    atomic_write(out / "images" / f"{name}.png", png_bytes(to16(res.image)))
     if has_nodules:
-        _atomic_write(out / "pairs" / f"{name}.png", _png_bytes(to16(res.image_nodule_free)))
+        atomic_write(out / "pairs" / f"{name}.png", png_bytes(to16(res.image_nodule_free)))
     for key in ("lung", "heart"):
         m = res.lung_mask if key == "lung" else res.masks[key]
-        _atomic_write(out / "masks" / f"{name}_{key}.png", _png_bytes(m.numpy().astype(np.uint8) * 255))
+        atomic_write(out / "masks" / f"{name}_{key}.png", png_bytes(m.numpy().astype(np.uint8) * 255))
     inst = np.zeros(res.image.shape, np.uint8)
     for k, m in enumerate(res.nodule_masks.numpy()):
         inst[m] = k + 1
-    _atomic_write(out / "masks" / f"{name}_nodules.png", _png_bytes(inst))
+    atomic_write(out / "masks" / f"{name}_nodules.png", png_bytes(inst))
     record = {
         "img_name": f"{name}.png", "index": index, "seed": iseed,
         "height": int(res.image.shape[0]), "width": int(res.image.shape[1]),
         "pixel_spacing_mm": list(res.pixel_spacing_mm), "params": res.params,
         "nodules": [n_.as_dict() for n_ in res.nodules],
     }
-    _atomic_write(out / "records" / f"{name}.json", json.dumps(_jsonable(record), sort_keys=True).encode())
+    atomic_write(out / "records" / f"{name}.json", json.dumps(_jsonable(record), sort_keys=True).encode())
     return record
 
 
@@ -187,7 +160,7 @@ def export(
     if overrides["nodule_source"] == "lidc":
         overrides.setdefault("lidc_split", "train")
     manifest = manifest_for(seed, normal, nodule, size, n, overrides)
-    check_or_write_manifest(out, manifest)
+    check_or_write_manifest(out, manifest, "a SimCXR export")
     for sub in ("images", "pairs", "masks", "records"):
         (out / sub).mkdir(exist_ok=True)
     flags = export_plan(seed, normal, nodule)
@@ -217,7 +190,7 @@ def export(
     if done:
         remove_temp_files(out)  # left by a killed run; every image is written, so no shard is still writing
         write_dataset_files(out, len(flags))
-        _atomic_write(out / "manifest.json", json.dumps({**manifest, "complete": True}, indent=1, sort_keys=True).encode())
+        atomic_write(out / "manifest.json", json.dumps({**manifest, "complete": True}, indent=1, sort_keys=True).encode())
         manifest["complete"] = True
     else:
         manifest["complete"] = False
@@ -237,9 +210,6 @@ def write_dataset_files(out: Path, count: int) -> None:
     import io
 
     records = load_records(out, count)
-    meta = io.StringIO()
-    w = csv.writer(meta, lineterminator="\n")
-    w.writerow(["img_name", "x", "y", "width", "height", "label"])
     nod = io.StringIO()
     fields = ["img_name", "index", "box_x_min", "box_y_min", "box_x_max", "box_y_max", "diameter_px",
               "diameter_detector_mm", "diameter_projected_mm", "diameter_mm", "shape", "density",
@@ -252,11 +222,8 @@ def write_dataset_files(out: Path, count: int) -> None:
     for img_id, r in enumerate(records, start=1):
         coco["images"].append({"id": img_id, "file_name": f"images/{r['img_name']}", "height": r["height"],
                                "width": r["width"], "pixel_spacing_mm": r["pixel_spacing_mm"]})
-        if not r["nodules"]:
-            w.writerow([r["img_name"], 0, 0, 0, 0, 0])
         for nd in r["nodules"]:
             x0, y0, x1, y1 = nd["box_xyxy"]
-            w.writerow([r["img_name"], int(x0), int(y0), int(x1 - x0), int(y1 - y0), 1])
             nw.writerow({
                 "img_name": r["img_name"], "index": nd["index"], "box_x_min": x0, "box_y_min": y0,
                 "box_x_max": x1, "box_y_max": y1, "diameter_px": round(nd["diameter_px"], 3),
@@ -271,6 +238,6 @@ def write_dataset_files(out: Path, count: int) -> None:
             coco["annotations"].append({"id": ann_id, "image_id": img_id, "category_id": 1,
                                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": nd["area_px"], "iscrowd": 0})
             ann_id += 1
-    _atomic_write(out / "metadata.csv", meta.getvalue().encode())
-    _atomic_write(out / "nodules.csv", nod.getvalue().encode())
-    _atomic_write(out / "annotations_coco.json", json.dumps(coco, sort_keys=True).encode())
+    write_node21_metadata(out / "metadata.csv", {r["img_name"]: [nd["box_xyxy"] for nd in r["nodules"]] for r in records})
+    atomic_write(out / "nodules.csv", nod.getvalue().encode())
+    atomic_write(out / "annotations_coco.json", json.dumps(coco, sort_keys=True).encode())

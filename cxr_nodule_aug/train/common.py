@@ -1,4 +1,37 @@
-"""What every trainer shares: configs, seeding, torchrun/DDP, checkpoints, logs, sample grids."""
+"""What every trainer shares: :class:`RunConfig` (the fields every config has), :func:`start_run`,
+:func:`make_loader` and :func:`train_loop` (resume, metrics log, sample images, checkpoints,
+exact RNG restore), plus seeding, torchrun/DDP, checkpoints, logs and sample grids.
+
+A trainer is its config dataclass (a :class:`RunConfig` subclass) and a ``train(cfg)``
+function that builds data and models, then hands one *step function* to :func:`train_loop`::
+
+    @dataclasses.dataclass
+    class MyConfig(common.RunConfig):
+        out: str = "runs/mine"          # redeclare a field to change its default
+        base_width: int = 16            # the trainer's own fields
+
+    def train(cfg: MyConfig) -> Path:
+        d, out = common.start_run(cfg)                # DDP, seeds, <out>/config.yaml
+        loader = common.make_loader(cfg, dataset, d)  # batch_size, workers, seeded shuffle
+        model = Net(cfg.base_width).to(d.device)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+        def step(batch, n):                           # one optimiser step; n counts from 1
+            loss = ...
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+            return {"loss": loss}                     # logged every log_every steps
+
+        common.train_loop(cfg, d, out, loader, step, modules={"model": model}, optimizers={"model": opt})
+        if d.is_main:
+            model.save_pretrained(out / "model")
+        common.cleanup(d)
+        return out / "model"
+
+Everything that must survive a resume goes into ``modules`` / ``optimizers`` / ``schedulers``;
+random draws inside ``step`` use the global generators (torch, numpy, python), which the
+checkpoint saves and restores, so a run stopped and resumed is bit-identical to one that was
+not (on CPU, single process).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +45,15 @@ import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
 
 from cxr_nodule_aug.io.writers import atomic_write
 
@@ -27,6 +62,58 @@ log = logging.getLogger(__name__)
 
 
 # --- configs -----------------------------------------------------------------------------------
+# Config keys that were renamed (one name per concept across the trainers): an old name in a
+# config file or an override is an error that names the new one.
+RENAMED_KEYS: dict[str, str] = {
+    "num_workers": "workers",
+    "g_lr": "lr (the generator's learning rate; d_lr is the discriminator's)",
+    "g_width": "base_width",
+    "d_lr_ratio": "d_lr (the discriminator's learning rate itself: old lr x d_lr_ratio, e.g. 1e-4 x 0.1 -> d_lr=1e-5)",
+}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """The fields every trainer's config has, under the same name in each.
+
+    - ``data``: what to train on (each trainer says what it accepts).
+    - ``out``: the run folder: ``config.yaml``, ``metrics.jsonl``, ``samples/``,
+      ``checkpoint.pt`` (resumed when present) and ``model/``.
+    - ``steps``: optimiser steps in all; a resumed run continues up to it.
+    - ``batch_size``; ``lr``: the model's learning rate (the generator's where a discriminator
+      has its own ``d_lr``).
+    - ``workers``: DataLoader worker processes (0: load in the training process).
+    - ``seed``: seeds python, numpy, torch and the data order; ``device``: auto, cpu, cuda.
+    - ``log_every`` (a row of ``metrics.jsonl``), ``sample_every`` (a PNG under ``samples/``;
+      0: none), ``checkpoint_every``: in steps; the last step always logs, samples and saves.
+
+    Other names of these concepts are refused (:data:`RENAMED_KEYS`): width is ``base_width``
+    (and ``d_width`` for a discriminator), a discriminator's learning rate ``d_lr``.
+    """
+
+    data: str = ""
+    out: str = "runs/run"
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 250
+
+    renamed: ClassVar[Mapping[str, str]] = RENAMED_KEYS
+
+
+def _check_key(key: str, fields: Mapping[str, Any], renamed: Mapping[str, str], where: str) -> None:
+    if key in fields:
+        return
+    if key in renamed:
+        raise ValueError(f"{where}config key {key!r} was renamed: use {renamed[key]}")
+    raise ValueError(f"{where}unknown config key {key!r}; known: {sorted(fields)}")
+
+
 def _coerce(value: str, like: Any) -> Any:
     """Parse a command-line override with YAML, checked against the default's type."""
     parsed = yaml.safe_load(value)
@@ -50,22 +137,21 @@ def _coerce(value: str, like: Any) -> Any:
 def resolve_config(cls: type[C], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> C:
     """Defaults of dataclass ``cls`` <- YAML file ``path`` <- ``key=value`` overrides."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    renamed = getattr(cls, "renamed", RENAMED_KEYS)
     values: dict[str, Any] = {}
     if path is not None:
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a config file must be a YAML mapping")
-        unknown = set(data) - set(fields)
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}; known: {sorted(fields)}")
+        for key in data:
+            _check_key(key, fields, renamed, f"{path}: ")
         values.update(data)
     defaults = cls()  # type: ignore[call-arg]
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
-        if key not in fields:
-            raise ValueError(f"unknown config key {key!r}; known: {sorted(fields)}")
+        _check_key(key, fields, renamed, "")
         try:
             values[key] = _coerce(raw, getattr(defaults, key))
         except (ValueError, yaml.YAMLError) as err:
@@ -142,9 +228,16 @@ def cleanup(d: Dist) -> None:
         dist.destroy_process_group()
 
 
-def start_run(cfg: Any) -> tuple[Dist, Path]:
+class Run(NamedTuple):
+    """What :func:`start_run` returns: ``d, out = start_run(cfg)``."""
+
+    dist: Dist
+    out: Path
+
+
+def start_run(cfg: RunConfig) -> Run:
     """Distributed set-up, seeds, ``<out>/samples`` and ``<out>/config.yaml``: every trainer's
-    first lines. ``cfg`` needs ``device``, ``seed`` and ``out``."""
+    first lines."""
     d = setup_distributed(cfg.device)
     seed_everything(cfg.seed, d.rank)
     out = Path(cfg.out)
@@ -152,7 +245,17 @@ def start_run(cfg: Any) -> tuple[Dist, Path]:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         write_config(cfg, out)
     barrier(d)
-    return d, out
+    return Run(d, out)
+
+
+def make_loader(cfg: RunConfig, data: Dataset, d: Dist | None = None, **kwargs: Any) -> DataLoader:
+    """The training DataLoader: ``cfg.batch_size``, ``cfg.workers``, a shuffle seeded by
+    ``cfg.seed`` (its generator is what :class:`Batches` saves for an exact resume), full batches
+    only when the data holds one, and a ``DistributedSampler`` under torchrun. ``kwargs`` go to
+    the DataLoader (``collate_fn``, ``worker_init_fn`` ...)."""
+    sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d is not None and d.enabled else None
+    return DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size,
+                      num_workers=cfg.workers, generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
 
 
 # --- seeding -----------------------------------------------------------------------------------
@@ -221,11 +324,14 @@ class Batches:
     stay as they were. Exact when the loader has a ``generator`` and, with workers, when they
     are not persistent (persistent workers keep one seed across epochs: after a resume in a
     later epoch the worker-side draws, and the shuffle, are those of a restarted epoch).
-    ``sampler``: a ``DistributedSampler``, given its epoch before each one. Cost: a resume
+    ``sampler``: a ``DistributedSampler``, given its epoch before each one (default: the
+    loader's own sampler when it has ``set_epoch``). Cost: a resume
     loads (and augments) up to one epoch's batches again before training continues.
     """
 
     def __init__(self, loader: Any, sampler: Any = None, *, state: Mapping[str, Any] | None = None, step: int = 0) -> None:
+        if sampler is None and hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            sampler = loader.sampler
         self.loader, self.sampler = loader, sampler
         self.epoch, self.batch = 0, 0
         self._epoch_generator: torch.Tensor | None = None
@@ -357,6 +463,77 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     from torchvision.utils import save_image
 
     save_image(images.detach().float().clamp(0, 1).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+def due(step: int, every: int, steps: int) -> bool:
+    """Whether an ``every``-steps event happens after ``step`` of ``steps``: each ``every``-th
+    step and the last (never when ``every <= 0``)."""
+    return every > 0 and (step % every == 0 or step == steps)
+
+
+StepFn = Callable[[Any, int], Mapping[str, Any]]
+SampleFn = Callable[[Any], "tuple[torch.Tensor, int]"]
+
+
+def train_loop(cfg: RunConfig, d: Dist, out: Path, loader: Any, step: StepFn, *, modules: Mapping[str, nn.Module],
+               optimizers: Mapping[str, torch.optim.Optimizer], schedulers: Mapping[str, Any] | None = None,
+               samples: SampleFn | None = None, name: str = "train", show: Sequence[str] = ()) -> int:
+    """Run ``step`` from where ``<out>/checkpoint.pt`` stopped (or from 0) to ``cfg.steps``;
+    returns the last step's number.
+
+    - ``step(batch, n)``: one optimiser step on ``batch`` (the loader's, as it yields it; move
+      it to the device yourself), ``n`` = 1, 2, ... its number. Returns the metrics of the step
+      (tensors or floats); every ``cfg.log_every`` steps they are averaged over the ranks and
+      written to ``<out>/metrics.jsonl`` (a step that has nothing to log returns ``{}``).
+      Work that only a logged step needs: ``if due(n, cfg.log_every, cfg.steps)``.
+    - ``modules``, ``optimizers``, ``schedulers``: what the checkpoint holds (unwrapped
+      modules; the DDP wrapper goes in the step). Put in train mode before the first step.
+    - ``samples(batch)``: every ``cfg.sample_every`` steps on rank 0, with ``modules`` in eval
+      mode and no gradients: returns ``(images (B, C, H, W) in [0, 1], images per row)``,
+      saved as ``<out>/samples/stepNNNNNN.png``.
+    - ``name``: the progress bar's label; ``show``: metrics shown on the bar.
+
+    Resume: the modules, optimisers, schedulers, every global random state and the data
+    position (:class:`Batches`) come back, and the metrics log drops the rows after the
+    checkpoint, so N steps straight == N/2, stop, resume, N/2 (bit-identical on CPU).
+    """
+    ckpt = out / "checkpoint.pt"
+    n, state = 0, {}
+    if ckpt.exists():
+        state = load_checkpoint(ckpt, modules=modules, optimizers=optimizers, schedulers=schedulers, map_location=d.device)
+        n = int(state["step"])
+        log.info("resumed from %s at step %d", ckpt, n)
+    metrics = MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
+    metrics.truncate_after(n)
+    batches = Batches(loader, state=state.get("data"), step=n)  # resumes at the exact batch
+    for module in modules.values():
+        module.train()
+    bar = tqdm(total=cfg.steps, initial=n, desc=name, disable=not d.is_main, dynamic_ncols=True)
+    while n < cfg.steps:
+        batch = next(batches)
+        n += 1
+        values = step(batch, n)
+        bar.update(1)
+        if due(n, cfg.log_every, cfg.steps):
+            row = {k: all_mean(v.detach(), d) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+            metrics.write(n, **row)
+            if show:
+                bar.set_postfix({k: f"{float(row[k]):.4g}" for k in show if k in row})
+        if d.is_main and samples is not None and due(n, cfg.sample_every, cfg.steps):
+            for module in modules.values():
+                module.eval()
+            with torch.no_grad():
+                images, nrow = samples(batch)
+                save_grid(images, out / "samples" / f"step{n:06d}.png", nrow=nrow)
+            for module in modules.values():
+                module.train()
+        if due(n, cfg.checkpoint_every, cfg.steps):
+            if d.is_main:
+                save_checkpoint(ckpt, step=n, modules=modules, optimizers=optimizers, schedulers=schedulers, data=batches)
+            barrier(d)
+    bar.close()
+    return n
 
 
 def lsgan_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

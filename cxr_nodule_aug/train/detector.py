@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision.transforms import v2
-from tqdm import tqdm
 
 from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
 from cxr_nodule_aug.datasets.kinds import check_lung_mask_folder
@@ -40,13 +39,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class DetectorConfig:
-    data: str = ""
+class DetectorConfig(common.RunConfig):
+    """:class:`~cxr_nodule_aug.train.common.RunConfig` plus the detector's fields. Samples
+    (``sample_every``): training images with their true boxes (green) and the detector's
+    boxes scoring >= 0.5 (red)."""
+
+    out: str = "runs/detector"
+    steps: int = 1500
+    batch_size: int = 4
+    lr: float = 2e-4
+    log_every: int = 20
     dataset: str = "simcxr"
     val_data: str = ""
     holdout_fraction: float = 0.1
     synth: str = ""
-    out: str = "runs/detector"
     init: str = ""
     arch: str = "fasterrcnn"
     backbone: str = "lite0"
@@ -56,11 +62,8 @@ class DetectorConfig:
     fpn_channels: int = 64
     box_head_width: int = 256
     optimizer: str = "adamw"
-    lr: float = 2e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 50
-    steps: int = 1500
-    batch_size: int = 4
     grad_clip: float = 10.0
     shift: float = 0.05
     flip: bool = True
@@ -70,13 +73,8 @@ class DetectorConfig:
     augment_num_nodules: str = "1,3"
     augment_contrast: float = 1.0
     lung_masks: str = ""
-    workers: int = 0
     worker_niceness: int = 0
     eval_every: int = 500
-    log_every: int = 20
-    checkpoint_every: int = 250
-    seed: int = 0
-    device: str = "auto"
 
 
 class Augmented(Dataset):
@@ -103,17 +101,17 @@ def geometric_augment(shift: float, flip: bool) -> v2.Compose:
     return v2.Compose(steps)
 
 
-def _range(text: str, name: str, cast: type = float) -> tuple[Any, Any] | Any:
-    parts = [p for p in str(text).split(",") if p.strip()]
+def _range(text: str, name: str, cast: type = float, **bounds: float) -> tuple[Any, Any] | Any:
+    """A config value in the command line's one range syntax (a number or ``min,max``;
+    :class:`~cxr_nodule_aug.cli.arguments.NumberRange`), its error naming the key."""
+    import argparse
+
+    from cxr_nodule_aug.cli.arguments import NumberRange
+
     try:
-        values = [cast(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"{name}={text!r}: expected a number or 'min,max'") from None
-    if len(values) == 1:
-        return values[0]
-    if len(values) == 2:
-        return values[0], values[1]
-    raise ValueError(f"{name}={text!r}: expected a number or 'min,max'")
+        return NumberRange(cast, **bounds)(text)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"{name}={text!r}: {err}") from None
 
 
 def online_augment(cfg: DetectorConfig):
@@ -124,8 +122,8 @@ def online_augment(cfg: DetectorConfig):
         diameters: Any = HEMSampler.load(cfg.augment_diameters)
         unit = diameters.unit
     else:
-        diameters, unit = _range(cfg.augment_diameters, "augment_diameters"), cfg.augment_unit
-    return NoduleInpaint(diameters=diameters, unit=unit, p=cfg.augment_p, num_nodules=_range(cfg.augment_num_nodules, "augment_num_nodules", int),
+        diameters, unit = _range(cfg.augment_diameters, "augment_diameters", above=0.0), cfg.augment_unit
+    return NoduleInpaint(diameters=diameters, unit=unit, p=cfg.augment_p, num_nodules=_range(cfg.augment_num_nodules, "augment_num_nodules", int, minimum=0),
                          contrast=cfg.augment_contrast)
 
 
@@ -194,8 +192,8 @@ def build_sets(cfg: DetectorConfig) -> tuple[Dataset, Dataset | None]:
     return train_set, val_set
 
 
-def build_loader(cfg: DetectorConfig, data: Dataset, sampler: DistributedSampler | None = None) -> DataLoader:
-    """The training DataLoader: ``cfg.workers`` workers, at ``cfg.worker_niceness`` when > 0."""
+def build_loader(cfg: DetectorConfig, data: Dataset, d: common.Dist | None = None) -> DataLoader:
+    """The training DataLoader: ``cfg.workers`` workers (persistent), at ``cfg.worker_niceness`` when > 0."""
     from cxr_nodule_aug.datasets import LowPriorityWorkers
 
     niceness = cfg.worker_niceness
@@ -203,9 +201,8 @@ def build_loader(cfg: DetectorConfig, data: Dataset, sampler: DistributedSampler
         raise ValueError(f"worker_niceness={niceness!r}: expected an int, 0 (off) or 1 (slightly lower priority) to 19 (lowest)")
     if niceness and cfg.workers == 0:
         log.info("worker_niceness=%d has no effect with workers=0: the augmentation runs in the training process", niceness)
-    return DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size,
-                      num_workers=cfg.workers, collate_fn=detection_collate, generator=torch.Generator().manual_seed(cfg.seed),
-                      persistent_workers=cfg.workers > 0, worker_init_fn=LowPriorityWorkers(niceness) if niceness else None)
+    return common.make_loader(cfg, data, d, collate_fn=detection_collate, persistent_workers=cfg.workers > 0,
+                              worker_init_fn=LowPriorityWorkers(niceness) if niceness else None)
 
 
 def build_model(cfg: DetectorConfig) -> NoduleDetector:
@@ -225,6 +222,21 @@ def evaluate(model: NoduleDetector, samples: Dataset, bootstrap: int = 0) -> dic
     preds, targets = predict_dataset(model, (samples[i] for i in range(len(samples))))
     metrics = evaluate_detections(preds, [{"boxes": t["boxes"]} for t in targets], mode="monai", bootstrap=bootstrap)
     return metrics.to_dict()
+
+
+def draw_detections(model: NoduleDetector, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]], threshold: float = 0.5) -> torch.Tensor:
+    """Detector-ready images (C, S, S) in [0, 1] as RGB (B, 3, S, S) in [0, 1], true boxes in
+    green, the model's boxes scoring >= ``threshold`` in red."""
+    from torchvision.utils import draw_bounding_boxes
+
+    preds = model.predict(images)
+    drawn = []
+    for image, target, pred in zip(images, targets, preds):
+        rgb = (image[:1].expand(3, -1, -1).clamp(0, 1) * 255).to(torch.uint8).cpu()
+        rgb = draw_bounding_boxes(rgb, target["boxes"].cpu().float(), colors="lime")
+        boxes = pred["boxes"][pred["scores"] >= threshold].float()
+        drawn.append(draw_bounding_boxes(rgb, boxes, colors="red") if len(boxes) else rgb)
+    return torch.stack(drawn).float() / 255
 
 
 def _optimizer(cfg: DetectorConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -249,10 +261,8 @@ def train(cfg: DetectorConfig, train_set: Dataset | None = None, val_set: Datase
     if len(train_set) == 0:
         raise ValueError("the training set is empty")
     data = Augmented(train_set, geometric_augment(cfg.shift, cfg.flip))
-    sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
-    loader = build_loader(cfg, data, sampler)
+    loader = build_loader(cfg, data, d)
     model = build_model(cfg).to(d.device)
-    model.train()
     md = common.wrap_ddp(model, d)
     opt = _optimizer(cfg, model)
     warm = max(cfg.warmup_steps, 0)
@@ -263,51 +273,41 @@ def train(cfg: DetectorConfig, train_set: Dataset | None = None, val_set: Datase
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(cfg.steps - warm, 1)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    ckpt = out / "checkpoint.pt"
-    step, state = 0, {}
-    if ckpt.exists():
-        state = common.load_checkpoint(ckpt, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched}, map_location=d.device)
-        step = int(state["step"])
-    metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
-    metrics.truncate_after(step)
-    batches = common.Batches(loader, sampler, state=state.get("data"), step=step)  # resumes at the exact batch
     val: dict[str, Any] = {}
-    bar = tqdm(total=cfg.steps, initial=step, desc="detector", disable=not d.is_main, dynamic_ncols=True)
-    while step < cfg.steps:
-        images, targets = next(batches)
-        images = [im.to(d.device) for im in images]
-        targets = [{k: v.to(d.device) for k, v in t.items()} for t in targets]
+
+    def step(batch: tuple[list, list], n: int) -> dict[str, Any]:
+        nonlocal val
+        images = [im.to(d.device) for im in batch[0]]
+        targets = [{k: v.to(d.device) for k, v in t.items()} for t in batch[1]]
         losses = md(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {step}: non-finite detector loss {({k: float(v) for k, v in losses.items()})}; lower lr")
+            raise FloatingPointError(f"step {n}: non-finite detector loss {({k: float(v) for k, v in losses.items()})}; lower lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        step += 1
-        bar.update(1)
-        last = step == cfg.steps
-        if d.is_main and val_set is not None and len(val_set) and (step % cfg.eval_every == 0 or last):
+        if d.is_main and val_set is not None and len(val_set) and common.due(n, cfg.eval_every, cfg.steps):
             try:
                 val = evaluate(model, val_set)
             except ValueError as err:  # e.g. a validation set without negatives
                 log.warning("validation skipped: %s", err)
             model.train()
-        if step % cfg.log_every == 0 or last:
-            row = {k: common.all_mean(v.detach(), d) for k, v in losses.items()}
-            if val:
-                row.update(val_auc=val["auc"], val_node21_score=val["node21_score"])
-            metrics.write(step, loss=common.all_mean(loss.detach(), d), lr=sched.get_last_lr()[0], **row)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"val_score": f"{val['node21_score']:.3f}"} if val else {}))
-        if d.is_main and (step % cfg.checkpoint_every == 0 or last):
-            common.save_checkpoint(ckpt, step=step, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched}, data=batches)
-    bar.close()
+        row = {"loss": loss, "lr": sched.get_last_lr()[0], **losses}
+        if val:
+            row.update(val_auc=val["auc"], val_node21_score=val["node21_score"])
+        return row
+
+    def samples(batch: tuple[list, list]) -> tuple[torch.Tensor, int]:
+        return draw_detections(model, batch[0][:4], batch[1][:4]), 4
+
+    last = common.train_loop(cfg, d, out, loader, step, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched},
+                             samples=samples, name="detector", show=("loss", "val_node21_score"))
     if d.is_main:
         model.eval()
-        meta = {"trained_steps": step, "data": str(cfg.data) or "in-memory", "train_images": len(train_set)}
+        meta = {"trained_steps": last, "data": str(cfg.data) or "in-memory", "train_images": len(train_set)}
         if val:
             meta.update(val_auc=val["auc"], val_node21_score=val["node21_score"])
             (out / "val_metrics.json").write_text(json.dumps(val, indent=1) + "\n")

@@ -27,10 +27,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from tqdm import tqdm
 
 from cxr_nodule_aug.functional.intensity import to_working
 from cxr_nodule_aug.models.lung import LungSegmenter
@@ -40,8 +39,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class LungConfig:
-    data: str = ""
+class LungConfig(common.RunConfig):
+    """:class:`~cxr_nodule_aug.train.common.RunConfig` plus the lung U-Net's fields
+    (``base_width``, ``depth``, ``input_size``: :class:`~cxr_nodule_aug.models.LungSegmenter`'s
+    arguments)."""
+
     out: str = "runs/lung"
     steps: int = 2000
     batch_size: int = 8
@@ -50,11 +52,6 @@ class LungConfig:
     depth: int = 4
     input_size: int = 128
     holdout_fraction: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 50
-    sample_every: int = 500
-    checkpoint_every: int = 250
     # Label-preserving augmentations for real radiographs (see the module docstring).
     opacity_p: float = 0.0
     neck_p: float = 0.0
@@ -204,8 +201,7 @@ def train(cfg: LungConfig, samples: list[tuple[torch.Tensor, dict[str, Any]]] | 
     n_hold = max(1, int(round(len(images) * cfg.holdout_fraction))) if cfg.holdout_fraction > 0 and len(images) > 1 else 0
     train_set = LungPairs(images[: len(images) - n_hold], masks[: len(images) - n_hold], cfg.input_size, opacity_p=cfg.opacity_p, neck_p=cfg.neck_p)
     held = LungPairs(images[len(images) - n_hold :], masks[len(images) - n_hold :], cfg.input_size, augment=False)
-    sampler = DistributedSampler(train_set, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(train_set) >= cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed))
+    loader = common.make_loader(cfg, train_set, d)
 
     model = LungSegmenter(cfg.base_width, cfg.depth, cfg.input_size)
     if cfg.init:
@@ -217,49 +213,35 @@ def train(cfg: LungConfig, samples: list[tuple[torch.Tensor, dict[str, Any]]] | 
     md = common.wrap_ddp(model, d)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1))
-    ckpt = out / "checkpoint.pt"
-    step, state = 0, {}
-    if ckpt.exists():
-        state = common.load_checkpoint(ckpt, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched}, map_location=d.device)
-        step = int(state["step"])
-    metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
-    metrics.truncate_after(step)
-    batches = common.Batches(loader, sampler, state=state.get("data"), step=step)  # resumes at the exact batch
     held_dice = float("nan")
-    bar = tqdm(total=cfg.steps, initial=step, desc="lung", disable=not d.is_main, dynamic_ncols=True)
-    model.train()
-    while step < cfg.steps:
-        x, y = (t.to(d.device) for t in next(batches))
+
+    def step(batch: list[torch.Tensor], n: int) -> dict[str, Any]:
+        nonlocal held_dice
+        x, y = (t.to(d.device) for t in batch)
         logits = md(x)
         loss = F.binary_cross_entropy_with_logits(logits, y) + (1 - dice(torch.sigmoid(logits), y))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            if len(held):
-                model.eval()
-                with torch.no_grad():
-                    hx = torch.stack([held[i][0] for i in range(len(held))]).to(d.device)
-                    hy = torch.stack([held[i][1] for i in range(len(held))]).to(d.device)
-                    held_dice = float(dice((torch.sigmoid(model(hx)) > 0.5).float(), hy))
-                model.train()
-            metrics.write(step, loss=common.all_mean(loss.detach(), d), holdout_dice=held_dice, lr=sched.get_last_lr()[0])
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", holdout_dice=f"{held_dice:.3f}")
-        if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
+        if len(held) and common.due(n, cfg.log_every, cfg.steps):
             model.eval()
             with torch.no_grad():
-                show = x[:8]
-                pred = (torch.sigmoid(model(show)) > 0.5).float()
-                common.save_grid(torch.cat([show, pred, y[:8]]), out / "samples" / f"step{step:06d}.png", nrow=len(show))
+                hx = torch.stack([held[i][0] for i in range(len(held))]).to(d.device)
+                hy = torch.stack([held[i][1] for i in range(len(held))]).to(d.device)
+                held_dice = float(dice((torch.sigmoid(model(hx)) > 0.5).float(), hy))
             model.train()
-        if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            common.save_checkpoint(ckpt, step=step, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched}, data=batches)
-    bar.close()
+        return {"loss": loss, "holdout_dice": held_dice, "lr": sched.get_last_lr()[0]}
+
+    def samples(batch: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        show, y = (t[:8].to(d.device) for t in batch)
+        pred = (torch.sigmoid(model(show)) > 0.5).float()
+        return torch.cat([show, pred, y]), len(show)
+
+    last = common.train_loop(cfg, d, out, loader, step, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched},
+                             samples=samples, name="lung", show=("loss", "holdout_dice"))
     if d.is_main:
         model.eval()
-        model.save_pretrained(out / "model", metadata={"trained_steps": step, "data": str(cfg.data), "train_images": len(train_set), "holdout_dice": held_dice, "init": cfg.init, "opacity_p": cfg.opacity_p, "neck_p": cfg.neck_p})
+        model.save_pretrained(out / "model", metadata={"trained_steps": last, "data": str(cfg.data), "train_images": len(train_set), "holdout_dice": held_dice, "init": cfg.init, "opacity_p": cfg.opacity_p, "neck_p": cfg.neck_p})
     common.cleanup(d)
     return out / "model"

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from cxr_nodule_aug.functional.size import modulate_size
 from cxr_nodule_aug.models.shape import ShapeDiscriminator, ShapeGenerator, binarize_shapes
@@ -30,18 +29,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class ShapeConfig:
-    data: str = ""
-    pattern: str = "*.png"
-    lidc_min_diameter_mm: float = 5.0
+class ShapeConfig(common.RunConfig):
+    """:class:`~cxr_nodule_aug.train.common.RunConfig` plus the shape GAN's fields. ``lr`` is
+    G's learning rate, ``d_lr`` D's; ``base_width`` G's channels at 4 x 4 (the paper's 512),
+    ``d_width`` D's widest layer."""
+
     out: str = "runs/shape"
     steps: int = 4000
     batch_size: int = 16
-    g_lr: float = 1e-4
+    lr: float = 1e-4
     d_lr: float = 1e-5
+    pattern: str = "*.png"
+    lidc_min_diameter_mm: float = 5.0
     betas: tuple = (0.5, 0.999)
     latent_dim: int = 100
-    g_width: int = 512
+    base_width: int = 512
     d_width: int = 512
     image_size: int = 128
     norm_diameter_px: float = 100.0
@@ -62,12 +64,6 @@ class ShapeConfig:
     # The generator's mean filter before its 0.5 threshold (ShapeGenerator's ``smooth``; saved
     # with the model): 3 = as before, 1 = none.
     smooth: int = 3
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    log_every: int = 50
-    sample_every: int = 500
-    checkpoint_every: int = 250
 
 
 def read_masks(path: Path) -> list[torch.Tensor]:
@@ -265,34 +261,19 @@ def train(cfg: ShapeConfig) -> Path:
     d, out = common.start_run(cfg)
 
     data = open_shape_data(cfg)
-    sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
-
+    loader = common.make_loader(cfg, data, d)
     check_stabilisers(cfg)
-    G = ShapeGenerator(cfg.latent_dim, cfg.g_width, cfg.image_size, cfg.smooth).to(d.device)
+    G = ShapeGenerator(cfg.latent_dim, cfg.base_width, cfg.image_size, cfg.smooth).to(d.device)
     D = ShapeDiscriminator(cfg.d_width, cfg.image_size, cfg.d_norm).to(d.device)
     G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None
     blur = blur_for_discriminator(cfg.d_blur_sigma)
     Gd, Dd = common.wrap_ddp(G, d), common.wrap_ddp(D, d)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.g_lr, betas=tuple(cfg.betas))
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas))
-    ckpt = out / "checkpoint.pt"
-    modules = {"G": G, "D": D, **({"G_ema": G_ema} if G_ema is not None else {})}
-    step, state = 0, {}
-    if ckpt.exists():
-        state = common.load_checkpoint(ckpt, modules=modules, optimizers={"G": opt_g, "D": opt_d}, map_location=d.device)
-        step = int(state["step"])
-        log.info("resumed from %s at step %d", ckpt, step)
     fixed_z = torch.randn(32, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(d.device)
-    metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
-    metrics.truncate_after(step)
-    batches = common.Batches(loader, sampler, state=state.get("data"), step=step)  # resumes at the exact batch
 
-    G.train()
-    D.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="shape", disable=not d.is_main, dynamic_ncols=True)
-    while step < cfg.steps:
-        real = next(batches).to(d.device)
+    def step(real: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+        real = real.to(d.device)
         z = torch.randn(real.shape[0], cfg.latent_dim, device=d.device)
         fake = Gd(z)
         # Real and fake in separate batches: with BatchNorm in D, a mixed batch would let D
@@ -307,27 +288,18 @@ def train(cfg: ShapeConfig) -> Path:
         opt_g.step()
         if G_ema is not None:
             update_ema(G_ema, G, cfg.ema_decay)
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            lg, ld = common.all_mean(loss_g.detach(), d), common.all_mean(loss_d.detach(), d)
-            with torch.no_grad():
-                binary = (fake > 0.5).float().mean()
-            metrics.write(step, loss_g=lg, loss_d=ld, fake_fill=binary, real_fill=real.mean())
-            bar.set_postfix(g=f"{float(lg):.3f}", d=f"{float(ld):.3f}")
-        if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
-            sampled = G_ema if G_ema is not None else G
-            sampled.eval()
-            with torch.no_grad():
-                common.save_grid(binarize_shapes(sampled(fixed_z)[:, 0], sampled.smooth)[:, None].float(), out / "samples" / f"step{step:06d}.png")
-            G.train()
-        if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            common.save_checkpoint(ckpt, step=step, modules=modules, optimizers={"G": opt_g, "D": opt_d}, data=batches)
-        common.barrier(d) if step % cfg.checkpoint_every == 0 else None
-    bar.close()
+        return {"loss_g": loss_g, "loss_d": loss_d, "fake_fill": (fake.detach() > 0.5).float().mean(), "real_fill": real.mean()}
+
+    sampled = G_ema if G_ema is not None else G  # what is sampled and saved
+
+    def samples(_batch) -> tuple[torch.Tensor, int]:
+        return binarize_shapes(sampled(fixed_z)[:, 0], sampled.smooth)[:, None].float(), 8
+
+    modules, optimizers = {"G": G, "D": D, **({"G_ema": G_ema} if G_ema is not None else {})}, {"G": opt_g, "D": opt_d}
+    last = common.train_loop(cfg, d, out, loader, step, modules=modules, optimizers=optimizers, samples=samples, name="shape", show=("loss_g", "loss_d"))
     if d.is_main:
-        G = G_ema if G_ema is not None else G
+        G = sampled
         G.eval()
-        G.save_pretrained(out / "model", metadata={"trained_steps": step, "data": str(cfg.data), "num_masks": len(data)})
+        G.save_pretrained(out / "model", metadata={"trained_steps": last, "data": str(cfg.data), "num_masks": len(data)})
     common.cleanup(d)
     return out / "model"

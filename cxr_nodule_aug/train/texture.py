@@ -2,7 +2,8 @@
 
 Training pairs are (patch with a nodule, the nodule's shape mask): the hole is the mask, the
 ground truth is the patch. Patches are cut by inference's own cut
-(:func:`cxr_nodule_aug.functional.insertion.cut_patch`, the image's own intensity window),
+(:func:`cxr_nodule_aug.functional.insertion.cut_nodules`, which ``NoduleSynthesizer.cut``
+runs; the image's own intensity window),
 so a trained model sees at inference what it saw in training.
 
 Loss (all weights 1 by default, as in the paper): L1(coarse) + L1(fine) + perceptual(fine)
@@ -22,12 +23,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm import tqdm
+from torch.utils.data import TensorDataset
 
 from cxr_nodule_aug.baselines.partial_conv import PartialConvUNet
 from cxr_nodule_aug.eval.features import feature_extractor
-from cxr_nodule_aug.functional.insertion import cut_patch, region_side
+from cxr_nodule_aug.functional.insertion import cut_nodules, region_side
 from cxr_nodule_aug.functional.intensity import to_working
 from cxr_nodule_aug.functional.size import equivalent_diameter
 from cxr_nodule_aug.models.texture import PatchDiscriminator, TextureGenerator, context_moments
@@ -37,15 +37,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class TextureConfig:
-    data: str = ""
+class TextureConfig(common.RunConfig):
+    """:class:`~cxr_nodule_aug.train.common.RunConfig` plus the inpainter's fields. ``lr`` is
+    G's learning rate, ``d_lr`` D's (the paper: a tenth); both drop 10x at ``lr_drop_step``."""
+
     out: str = "runs/texture"
-    generator: str = "gated"  # "gated" (the paper) or "partial_conv" (the Syn&Select baseline)
     steps: int = 6000
-    lr_drop_step: int = 4500
     batch_size: int = 8
     lr: float = 1e-4
-    d_lr_ratio: float = 0.1
+    d_lr: float = 1e-5
+    generator: str = "gated"  # "gated" (the paper) or "partial_conv" (the Syn&Select baseline)
+    lr_drop_step: int = 4500
     betas: tuple = (0.5, 0.999)
     base_width: int = 16
     d_width: int = 32
@@ -65,11 +67,6 @@ class TextureConfig:
     # "auto": the saved model maps each patch's context to the training patches' median context
     # mean/std (TextureGenerator's context_norm); "none": save it without.
     context_norm: str = "auto"
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 50
-    sample_every: int = 500
-    checkpoint_every: int = 250
 
 
 def context_statistics(patches: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
@@ -148,7 +145,7 @@ def extract_patches(
         if masks_key not in target:
             raise ValueError(f"sample {i} has no target[{masks_key!r}] instance masks to train the inpainter on")
         image = torch.as_tensor(image).as_subclass(torch.Tensor)
-        gray, _, _ = to_working(image)
+        working = to_working(image)
         for m in torch.as_tensor(target[masks_key]).as_subclass(torch.Tensor).bool():
             if not m.any():
                 continue
@@ -167,8 +164,8 @@ def extract_patches(
                 continue  # the nodule does not fit its window
             footprint = torch.zeros(R, R, dtype=torch.bool, device=m.device)
             footprint[top : top + h, left : left + w] = m[y0 : y0 + h, x0 : x0 + w]
-            cut = cut_patch(gray, (x0 + w // 2, y0 + h // 2), footprint, patch_size, mask_type)
-            patch, hole = cut.patch, cut.hole
+            cut = cut_nodules(image, [(x0 + w // 2, y0 + h // 2)], [footprint], patch_size, mask_type, working)
+            patch, hole = cut.patches, cut.holes
             patches.append(patch[0])
             masks.append(hole[0])
             index.append(i)
@@ -229,8 +226,7 @@ def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> P
     if d.is_main:
         (out / "split.json").write_text(json.dumps({"train_images": sorted(set(train_pairs["image_index"].tolist())), "holdout_images": sorted(set(held["image_index"].tolist())), "train_pairs": len(train_pairs["patch"]), "holdout_pairs": len(held["patch"])}))
     data = TensorDataset(train_pairs["patch"].float(), train_pairs["mask"].float())
-    sampler = DistributedSampler(data, num_replicas=d.world_size, rank=d.rank, seed=cfg.seed, drop_last=True) if d.enabled else None
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=len(data) >= cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed))
+    loader = common.make_loader(cfg, data, d)
 
     generators = {"gated": TextureGenerator, "partial_conv": PartialConvUNet}
     if cfg.generator not in generators:
@@ -240,28 +236,16 @@ def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> P
     perceptual = PerceptualLoss(cfg.backbone).to(d.device) if cfg.w_perceptual > 0 else None
     Gd, Dd = common.wrap_ddp(G, d), common.wrap_ddp(D, d)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr * cfg.d_lr_ratio, betas=tuple(cfg.betas))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas))
     drop = lambda step: 1.0 if step < cfg.lr_drop_step else 0.1  # noqa: E731
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, drop)
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, drop)
-    ckpt = out / "checkpoint.pt"
-    step, state = 0, {}
-    if ckpt.exists():
-        state = common.load_checkpoint(ckpt, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, schedulers={"G": sched_g, "D": sched_d}, map_location=d.device)
-        step = int(state["step"])
-        log.info("resumed from %s at step %d", ckpt, step)
-    n_show = min(8, len(held["patch"])) if len(held["patch"]) else min(8, len(train_pairs["patch"]))
     show = held if len(held["patch"]) else train_pairs
+    n_show = min(8, len(show["patch"]))
     show_patch, show_mask = show["patch"][:n_show].float().to(d.device), show["mask"][:n_show].float().to(d.device)
-    metrics = common.MetricsLog(out / "metrics.jsonl", enabled=d.is_main)
-    metrics.truncate_after(step)
-    batches = common.Batches(loader, sampler, state=state.get("data"), step=step)  # resumes at the exact batch
 
-    G.train()
-    D.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="texture", disable=not d.is_main, dynamic_ncols=True)
-    while step < cfg.steps:
-        gt, mask = (t.to(d.device) for t in next(batches))
+    def step(batch: list[torch.Tensor], n: int) -> dict[str, Any]:
+        gt, mask = (t.to(d.device) for t in batch)
         if torch.rand(1).item() < 0.5:  # left-right flips: anatomy-plausible, doubles the data
             gt, mask = gt.flip(-1), mask.flip(-1)
         gt = random_intensity(gt, cfg.gamma_range, cfg.contrast_range)
@@ -282,28 +266,19 @@ def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> P
         opt_g.step()
         sched_g.step()
         sched_d.step()
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            with torch.no_grad():
-                hole_l1 = ((fine - gt).abs() * mask).sum() / mask.sum().clamp_min(1)
-            vals = {k: common.all_mean(v.detach(), d) for k, v in dict(loss_g=loss_g, loss_d=loss_d, l1_coarse=l1c, l1_fine=l1f, perceptual=perc, adversarial=adv, hole_l1=hole_l1).items()}
-            metrics.write(step, lr=sched_g.get_last_lr()[0], **vals)
-            bar.set_postfix(hole_l1=f"{float(vals['hole_l1']):.4f}")
-        if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
-            G.eval()
-            with torch.no_grad():
-                out_show = G(show_patch, show_mask).fine
-                comp = out_show * show_mask + show_patch * (1 - show_mask)
-                holed = show_patch * (1 - show_mask) + show_mask
-                common.save_grid(torch.cat([holed, comp, show_patch]), out / "samples" / f"step{step:06d}.png", nrow=n_show)
-            G.train()
-        if d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            common.save_checkpoint(ckpt, step=step, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, schedulers={"G": sched_g, "D": sched_d}, data=batches)
-    bar.close()
+        hole_l1 = ((fine.detach() - gt).abs() * mask).sum() / mask.sum().clamp_min(1)
+        return dict(lr=sched_g.get_last_lr()[0], loss_g=loss_g, loss_d=loss_d, l1_coarse=l1c, l1_fine=l1f, perceptual=perc, adversarial=adv, hole_l1=hole_l1)
+
+    def samples(_batch) -> tuple[torch.Tensor, int]:
+        comp = G(show_patch, show_mask).fine * show_mask + show_patch * (1 - show_mask)
+        holed = show_patch * (1 - show_mask) + show_mask
+        return torch.cat([holed, comp, show_patch]), n_show
+
+    last = common.train_loop(cfg, d, out, loader, step, modules={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d},
+                             schedulers={"G": sched_g, "D": sched_d}, samples=samples, name="texture", show=("hole_l1",))
     if d.is_main:
         G.eval()
-        meta = {"trained_steps": step, "data": str(cfg.data), "train_pairs": len(train_pairs["patch"]), "backbone": cfg.backbone}
+        meta = {"trained_steps": last, "data": str(cfg.data), "train_pairs": len(train_pairs["patch"]), "backbone": cfg.backbone}
         if cfg.context_norm == "auto" and isinstance(G, TextureGenerator):
             stats = context_statistics(train_pairs["patch"].float(), train_pairs["mask"].float())
             G = with_context_norm(G, stats)

@@ -17,69 +17,54 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from cxr_nodule_aug.functional.insertion import InsertionResult, Working, insert_nodules_batch
-from cxr_nodule_aug.functional.intensity import check_image, to_working
+from cxr_nodule_aug.functional.insertion import InsertionResult, Working
+from cxr_nodule_aug.functional.intensity import check_image
 from cxr_nodule_aug.functional.placement import InsertionError
-from cxr_nodule_aug.hub import default_weights_dir, load_model, parse_source
-from cxr_nodule_aug.models.lung import LungSegmenter
-from cxr_nodule_aug.models.shape import ShapeGenerator
-from cxr_nodule_aug.models.texture import TextureGenerator
+from cxr_nodule_aug.synthesizer import ModelSpec, NoduleSynthesizer
 from cxr_nodule_aug.transforms._sample import ParsedSample, parse_sample, rebuild, wrap_image
 
 _log = logging.getLogger("cxr_nodule_aug")
 
 _AXIS_ALIGNED = (tv_tensors.BoundingBoxFormat.XYXY, tv_tensors.BoundingBoxFormat.XYWH, tv_tensors.BoundingBoxFormat.CXCYWH)
 
-_INPAINTER_ATTRS = ("patch_size", "mask_type", "max_fill")
 
-ModelSpec = nn.Module | str | os.PathLike | None
-
-
-def _load(spec: ModelSpec, cls: type, weights: str | os.PathLike | None, subfolder: str, required: bool) -> nn.Module | None:
-    if isinstance(spec, nn.Module):
-        # Any inpainter with TextureGenerator's contract works (baselines included).
-        inpainter = cls is TextureGenerator and all(hasattr(spec, a) for a in _INPAINTER_ATTRS)
-        if not (isinstance(spec, cls) or inpainter):
-            extra = f" or an inpainter with {', '.join(_INPAINTER_ATTRS)}" if cls is TextureGenerator else ""
-            raise TypeError(f"{subfolder}_model must be a {cls.__name__}{extra}, got {type(spec).__name__}")
-        return spec.eval()
-    # A texture source may hold any inpainter (config.json names its class).
-    loader = load_model if cls is TextureGenerator else cls.from_pretrained
-    if spec is not None:
-        return loader(spec)
-    if weights is None:
-        weights = default_weights_dir()
-    if weights is None:
-        if required:
-            raise ValueError(
-                f"no {subfolder} model: no shipped weights were found (a wheel install carries them in cxr_nodule_aug/_weights, "
-                f"a source checkout in weights/; or set CXR_NODULE_AUG_WEIGHTS=DIR). Pass weights='DIR or org/name[@revision]' or {subfolder}_model=..."
-            )
-        return None
-    kind, path, _ = parse_source(weights)
-    if kind == "local" and not (path / subfolder).is_dir():
-        if required:
-            raise ValueError(f"weights directory {str(path)!r} has no '{subfolder}/' model; pass {subfolder}_model=...")
-        return None
-    return loader(weights, subfolder=subfolder)
+def build_synthesizer(
+    synthesizer: NoduleSynthesizer | None,
+    *,
+    weights: str | os.PathLike | None,
+    shape_model: ModelSpec,
+    texture_model: ModelSpec,
+    lung_model: ModelSpec,
+    device: torch.device | str | None,
+    compile_texture: bool,
+    composition: str,
+) -> NoduleSynthesizer:
+    """The transform's engine: the one given, else loaded from the model arguments."""
+    if synthesizer is None:
+        return NoduleSynthesizer.from_pretrained(weights, shape_model=shape_model, texture_model=texture_model, lung_model=lung_model,
+                                                 device=device, compile_texture=compile_texture, composition=composition)
+    if not isinstance(synthesizer, NoduleSynthesizer):
+        raise TypeError(f"synthesizer must be a NoduleSynthesizer, got {type(synthesizer).__name__}")
+    given = {"weights": weights, "shape_model": shape_model, "texture_model": texture_model, "lung_model": lung_model, "device": device}
+    clash = [k for k, v in given.items() if v is not None] + (["compile_texture"] if compile_texture else [])
+    clash += [] if composition == "replace" else ["composition"]
+    if clash:
+        raise ValueError(f"pass either synthesizer=... or {', '.join(clash)}: the synthesizer already holds its models and settings")
+    return synthesizer
 
 
 class NoduleTransformBase(v2.Transform):
-    """Base for transforms that add nodules to a detection sample.
-
-    Subclasses implement ``make_params(flat_inputs) -> {"records": [...], ...}`` where
-    ``flat_inputs`` is ``[image (C, H, W) tensor, target dict]``.
+    """Base for transforms that add nodules to a detection sample: a
+    :class:`~cxr_nodule_aug.synthesizer.NoduleSynthesizer` (``self.synthesizer``) and the
+    target's key names. Subclasses implement ``make_params(flat_inputs) -> {"records": [...]}``
+    where ``flat_inputs`` is ``[image (C, H, W) tensor, target dict]``; the engine inserts the
+    records (all samples of :meth:`batch` at once) and this class writes them back.
     """
 
     def __init__(
         self,
         *,
-        weights: str | os.PathLike | None = None,
-        shape_model: ModelSpec = None,
-        texture_model: ModelSpec = None,
-        lung_model: ModelSpec | bool = None,
-        device: torch.device | str | None = None,
-        compile_texture: bool = False,
+        synthesizer: NoduleSynthesizer,
         labels_key: str = "labels",
         masks_key: str = "masks",
         lung_mask_key: str = "lung_mask",
@@ -87,13 +72,7 @@ class NoduleTransformBase(v2.Transform):
         records_key: str = "nodules",
     ) -> None:
         super().__init__()
-        self.shape_model = _load(shape_model, ShapeGenerator, weights, "shape", required=True)
-        self.texture_model = _load(texture_model, TextureGenerator, weights, "texture", required=True)
-        self.lung_model = None if lung_model is False else _load(lung_model, LungSegmenter, weights, "lung", required=False)
-        self.device = torch.device(device) if device is not None else None
-        if not isinstance(compile_texture, bool):
-            raise TypeError(f"compile_texture must be a bool, got {type(compile_texture).__name__}")
-        self.compile_texture = compile_texture
+        self.synthesizer = synthesizer
         self.labels_key = labels_key
         self.masks_key = masks_key
         self.lung_mask_key = lung_mask_key
@@ -104,32 +83,33 @@ class NoduleTransformBase(v2.Transform):
         """Samples left unaugmented by ``on_failure="skip"`` in this process (each worker of a
         DataLoader counts its own; reset it per epoch if you read it per epoch)."""
 
-    # -- helpers for subclasses -------------------------------------------------------------
-    def _models_to(self, device: torch.device) -> None:
-        for m in (self.shape_model, self.texture_model, self.lung_model):
-            if m is not None and next(m.parameters()).device != device:
-                m.to(device)
+    # -- the engine's parts, read-only views ----------------------------------------------------
+    @property
+    def shape_model(self) -> nn.Module | None:
+        return self.synthesizer.shape_model
 
-    def texture_for_call(self) -> torch.nn.Module:
-        """The texture model as insertion calls it: ``torch.compile(texture_model)`` when
-        ``compile_texture=True`` (built lazily, once per process: a DataLoader worker compiles
-        its own; never pickled), else the model itself."""
-        if not self.compile_texture:
-            return self.texture_model
-        pid, compiled = self.__dict__.get("_compiled_texture", (None, None))
-        if pid != os.getpid() or compiled is None or compiled._orig_mod is not self.texture_model:
-            compiled = torch.compile(self.texture_model)
-            # Outside nn.Module's registry: not a submodule, not in the state dict.
-            object.__setattr__(self, "_compiled_texture", (os.getpid(), compiled))
-        return compiled
+    @property
+    def texture_model(self) -> nn.Module | None:
+        return self.synthesizer.texture_model
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(super().__getstate__())
-        state.pop("_compiled_texture", None)  # a compiled graph belongs to the process that built it
-        return state
+    @property
+    def lung_model(self) -> nn.Module | None:
+        return self.synthesizer.lung_model
+
+    @property
+    def device(self) -> torch.device | None:
+        return self.synthesizer.device
+
+    @property
+    def compile_texture(self) -> bool:
+        return self.synthesizer.compile_texture
+
+    def texture_for_call(self) -> nn.Module:
+        """:meth:`NoduleSynthesizer.texture_for_call`."""
+        return self.synthesizer.texture_for_call()
 
     def work_device(self, image: torch.Tensor) -> torch.device:
-        return self.device if self.device is not None else image.device
+        return self.synthesizer.work_device(image)
 
     def pixel_spacing_mm(self, target: Mapping[str, Any], default: float | Sequence[float] | None = None) -> tuple[float, float] | None:
         """(row_mm, col_mm) from the target, else ``default``, else ``None``."""
@@ -185,20 +165,15 @@ class NoduleTransformBase(v2.Transform):
             )
 
     def lung_mask_and_working(self, image: torch.Tensor, target: Mapping[str, Any]) -> tuple[torch.Tensor, Working | None]:
-        """:meth:`lung_mask`, and ``to_working(image)`` on the work device when the lung model
+        """:meth:`lung_mask`, and the working image on the work device when the lung model
         needed it (``None`` otherwise), so that insertion does not compute the image-wide
         window a second time."""
-        device = self.work_device(image)
         mask = self.target_lung_mask(image, target)
         if mask is not None:
             return mask, None
         self.require_lung_model()
-        self._models_to(device)
-        working = to_working(image.to(device))
-        mask = self.lung_model.predict_mask(working[0].clamp(0, 1)[None, None])[0]
-        if not mask.any():
-            raise InsertionError("the lung model found no lung in this image; pass a lung mask in the target")
-        return mask, working
+        working = self.synthesizer.working(image.as_subclass(torch.Tensor))
+        return self.synthesizer.lung_mask(image, working=working), working
 
     @staticmethod
     def existing_boxes_xyxy(target: Mapping[str, Any]) -> torch.Tensor:
@@ -292,15 +267,11 @@ class NoduleTransformBase(v2.Transform):
         todo = [i for i, prm in enumerate(params) if prm["records"]]
         results: dict[int, InsertionResult] = {}
         if todo:
-            device = self.work_device(parsed[todo[0]].image)
-            self._models_to(device)
 
             def insert(idx: list[int]) -> list[InsertionResult]:
-                return insert_nodules_batch(
-                    [parsed[i].image.to(device) for i in idx],
+                return self.synthesizer.insert(
+                    [parsed[i].image for i in idx],
                     [params[i]["records"] for i in idx],
-                    self.shape_model,
-                    self.texture_for_call(),
                     footprints=[params[i].get("footprints") for i in idx],
                     working=[params[i].get("working") for i in idx],
                 )

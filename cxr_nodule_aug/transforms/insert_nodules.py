@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cxr_nodule_aug.records import NoduleRecord
-from cxr_nodule_aug.transforms._base import ModelSpec, NoduleTransformBase
+from cxr_nodule_aug.synthesizer import ModelSpec, NoduleSynthesizer
+from cxr_nodule_aug.transforms._base import NoduleTransformBase, build_synthesizer
 
 
 class InsertNodules(NoduleTransformBase):
@@ -32,6 +33,10 @@ class InsertNodules(NoduleTransformBase):
     record once.) Every other record given is inserted, all in one pass: records made by a
     chain of transforms replay bit for bit link by link, while in one pass a later nodule's
     texture sees a context without the earlier ones.
+
+    ``synthesizer=`` shares an engine (e.g. the ``NoduleInpaint``'s: ``InsertNodules(records,
+    synthesizer=inpaint.synthesizer)``); otherwise one is loaded from ``weights`` and the model
+    arguments (no lung model: a replay does not need one).
     """
 
     def __init__(
@@ -43,6 +48,8 @@ class InsertNodules(NoduleTransformBase):
         texture_model: ModelSpec = None,
         device: Any = None,
         compile_texture: bool = False,
+        composition: str = "replace",
+        synthesizer: NoduleSynthesizer | None = None,
         **keys: str,
     ) -> None:
         parsed = []
@@ -54,8 +61,11 @@ class InsertNodules(NoduleTransformBase):
             if not r.diameter_px > 0:
                 raise ValueError(f"records[{i}].diameter_px must be positive, got {r.diameter_px}")
             parsed.append(r.replace(box_xyxy=None, measured_diameter_px=None))
-        super().__init__(weights=weights, shape_model=shape_model, texture_model=texture_model, lung_model=False, device=device,
-                         compile_texture=compile_texture, **keys)
+        # A replay needs no lung model: none is loaded (a given synthesizer may hold one, unused).
+        synthesizer = build_synthesizer(synthesizer, weights=weights, shape_model=shape_model, texture_model=texture_model,
+                                        lung_model=False if synthesizer is None else None,
+                                        device=device, compile_texture=compile_texture, composition=composition)
+        super().__init__(synthesizer=synthesizer, **keys)
         self.records = parsed
 
     def extra_repr(self) -> str:

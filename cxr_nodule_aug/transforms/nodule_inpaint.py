@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
-from cxr_nodule_aug.functional.insertion import nodule_footprints, place_nodules
-from cxr_nodule_aug.functional.intensity import to_working
+from cxr_nodule_aug.functional.insertion import place_nodules
 from cxr_nodule_aug.functional.placement import check_diameters_fit, mask_bbox_hw
 from cxr_nodule_aug.records import NoduleRecord
 from cxr_nodule_aug.samplers import resolve_sampler
 from cxr_nodule_aug.samplers.base import IntUniform, as_sampler, draw, draw_with_attributes
-from cxr_nodule_aug.transforms._base import ModelSpec, NoduleTransformBase
+from cxr_nodule_aug.synthesizer import ModelSpec, NoduleSynthesizer
+from cxr_nodule_aug.transforms._base import NoduleTransformBase, build_synthesizer
 
 _SEED_HIGH = 2**62
 
@@ -43,10 +43,16 @@ class NoduleInpaint(NoduleTransformBase):
         label: class label of the new boxes.
         contrast: scale of the synthesised intensity change: a number, range, sequence or
             sampler (1 = as synthesised).
+        synthesizer: the :class:`~cxr_nodule_aug.synthesizer.NoduleSynthesizer` that inserts
+            the nodules (share one between transforms, the CLI and your own code); if not
+            given, one is loaded from ``weights``, the model arguments, ``device``,
+            ``compile_texture`` and ``composition`` (then pass none of those with it).
         weights: a directory or Hub repo (``org/name[@revision]``) with ``shape/``,
             ``texture/`` and optionally ``lung/``; default: the shipped weights.
         shape_model, texture_model, lung_model: models or sources overriding ``weights``.
             ``lung_model=False`` disables the lung model (then every sample needs a lung mask).
+        composition: how the nodule's pixels are made (``"replace"``: the paper's inpainting;
+            the modes are :data:`cxr_nodule_aug.synthesizer.COMPOSITIONS`).
         pixel_spacing_mm: spacing to use when the target has none.
         gap_px: minimum clearance between a new nodule's box and any other box.
         generator: CPU ``torch.Generator`` for every random choice. ``None`` uses torch's global
@@ -92,6 +98,8 @@ class NoduleInpaint(NoduleTransformBase):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         compile_texture: bool = False,
+        composition: str = "replace",
+        synthesizer: NoduleSynthesizer | None = None,
         on_failure: str = "raise",
         **keys: str,
     ) -> None:
@@ -114,8 +122,9 @@ class NoduleInpaint(NoduleTransformBase):
             raise TypeError(f"generator must be a CPU torch.Generator or None, got {generator!r}")
         if int(gap_px) != gap_px or gap_px < 0:
             raise ValueError(f"gap_px must be a non-negative int, got {gap_px!r}")
-        super().__init__(weights=weights, shape_model=shape_model, texture_model=texture_model, lung_model=lung_model, device=device,
-                         compile_texture=compile_texture, **keys)
+        synthesizer = build_synthesizer(synthesizer, weights=weights, shape_model=shape_model, texture_model=texture_model, lung_model=lung_model,
+                                        device=device, compile_texture=compile_texture, composition=composition)
+        super().__init__(synthesizer=synthesizer, **keys)
         self.diameters = as_sampler(diameters, "diameters", unit=unit)
         self.unit = unit
         self.num_nodules = IntUniform(*num_nodules, name="num_nodules")
@@ -177,18 +186,12 @@ class NoduleInpaint(NoduleTransformBase):
             sizes = sizes / ((spacing[0] + spacing[1]) / 2)
         # Rounded once here so that a replay from the records rebuilds the same footprints.
         diameters_px = [round(d, 4) for d in sizes.tolist()]
-        device = self.work_device(image)
         lung, working = self.lung_mask_and_working(image, target)
         if working is None:  # the window, now: a constant image fails before any model runs
-            working = to_working(image.to(device))
+            working = self.synthesizer.working(image)
         # A nodule no shape of that size could fit in the lungs is refused before any work.
         check_diameters_fit(diameters_px, *mask_bbox_hw(lung), "the lung mask's bounding box")
-        self._models_to(device)
-        shapes = self.shape_model.generate(seeds, device=device)
-        for seed, shape in zip(seeds, shapes):
-            if not shape.any():
-                raise ValueError(f"the shape model produced an empty mask for seed {seed}; is it trained?")
-        footprints = nodule_footprints(shapes, diameters_px, self.texture_model.patch_size, self.texture_model.max_fill)
+        footprints = self.synthesizer.footprints(seeds, diameters_px, device=self.work_device(image))
         centres = place_nodules(lung, footprints, self.existing_boxes_xyxy(target), gap_px=self.gap_px, generator=g)
         mm_per_px = None if spacing is None else (spacing[0] + spacing[1]) / 2
         records = [
@@ -203,4 +206,6 @@ class NoduleInpaint(NoduleTransformBase):
             )
             for i, (c, d, s, k) in enumerate(zip(centres, diameters_px, seeds, contrasts.tolist()))
         ]
+        # The records are the whole decision (plain data; InsertNodules(records) replays them);
+        # the footprints and the working image are a cache of this sample's insertion.
         return {"records": records, "footprints": footprints, "working": working}
