@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from cxr_nodule_aug.cli.arguments import output_dir
+from cxr_nodule_aug.cli.arguments import open_image_dataset, output_dir
 from cxr_nodule_aug.cli.errors import EXIT_SOME_FAILED, CommandError, UsageError
-from cxr_nodule_aug.datasets import DATASET_KINDS, mask_file_names, open_dataset
+from cxr_nodule_aug.datasets import DATASET_KINDS, mask_file_names
 from cxr_nodule_aug.io import atomic_write, png_bytes, remove_temp_files
 
 DATASETS = tuple(name for name, kind in DATASET_KINDS.items() if kind.lung_mask_folder)  # the kinds that take lung_mask_dir
@@ -156,18 +156,7 @@ def run(args: argparse.Namespace) -> int:
         torch.device(args.device)
     except RuntimeError:
         raise _fail(f"--device {args.device!r}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    try:
-        dataset = open_dataset(args.dataset, args.data)
-    except (ValueError, FileNotFoundError) as err:
-        raise _fail(f"--data {args.data!r}: {err}") from None
-    if len(dataset) == 0:
-        raise _fail(f"--data {args.data!r}: the {args.dataset} dataset holds no images")
-    try:
-        names = mask_file_names(dataset)
-    except ValueError as err:
-        raise _fail(f"--data {args.data!r}: {err}") from None
-    if replaced_image(dataset, out, names) is not None:
-        raise _fail(f"--out {str(out)!r} holds the dataset's images: a mask would replace an image; use another folder")
+    dataset, _ = open_image_dataset(args.dataset, args.data, out)
     try:
         # The engine train detector's augmentation uses (shipped weights), its lung model only.
         synth = NoduleSynthesizer.from_pretrained(shape_model=False, texture_model=False, lung_model=args.lung_model, device=args.device)

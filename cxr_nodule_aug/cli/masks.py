@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from cxr_nodule_aug.cli.arguments import existing_dir, number, output_dir, whole_number
-from cxr_nodule_aug.cli.errors import EXIT_SOME_FAILED, UsageError
-from cxr_nodule_aug.datasets import DATASET_KINDS, mask_file_names, open_dataset
+from cxr_nodule_aug.cli.arguments import existing_dir, number, open_image_dataset, output_dir, whole_number
+from cxr_nodule_aug.cli.errors import EXIT_SOME_FAILED
+from cxr_nodule_aug.datasets import DATASET_KINDS, mask_file_names
 from cxr_nodule_aug.functional.extraction import DEFAULT_LEVEL, DEFAULT_PRIOR
 from cxr_nodule_aug.io import atomic_write, png_bytes, remove_temp_files
 
@@ -167,19 +167,7 @@ def contact_sheet(dataset: Any, mask_dir: Path, rows: list[dict], tile: int = 96
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        dataset = open_dataset(args.dataset, args.data)
-    except (ValueError, FileNotFoundError) as err:
-        raise UsageError(f"--data {str(args.data)!r}: {err}") from None
-    if len(dataset) == 0:
-        raise UsageError(f"--data {str(args.data)!r}: the {args.dataset} dataset holds no images")
-    try:
-        names = mask_file_names(dataset)
-    except ValueError as err:
-        raise UsageError(f"--data {str(args.data)!r}: {err}") from None
-    images = {Path(p).resolve() for _, p, _ in dataset.items}
-    if any((args.out / "masks" / n).resolve() in images for n in names):
-        raise UsageError(f"--out {str(args.out)!r}: a mask would replace one of the dataset's images; use another folder")
+    dataset, _ = open_image_dataset(args.dataset, args.data, args.out / "masks")
     summary = write_nodule_masks(dataset, args.out, args.level, args.prior, args.sheet, progress=not args.no_progress)
     print(f"{len(dataset)} images: wrote masks for {len(summary['written'])}, kept {len(summary['kept'])}, "
           f"{len(summary['failed'])} failed; {summary['nodules']} nodules, {summary['fallbacks']} inscribed-ellipse fallbacks "
