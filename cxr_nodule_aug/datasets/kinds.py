@@ -161,3 +161,38 @@ def check_lung_mask_folder(kind: str, lung_mask_dir: str | Path) -> None:
         raise ValueError(f"a {kind} dataset ships its own lung masks and takes no lung mask folder")
     if not Path(lung_mask_dir).is_dir():
         raise FileNotFoundError(f"lung mask folder {str(lung_mask_dir)!r} does not exist (make it with cxr-nodule-aug lungs)")
+
+
+def mask_names(dataset: Any) -> list[str]:
+    """The mask file name (:func:`~cxr_nodule_aug.datasets.lung_mask_filename`) of every image of
+    ``dataset`` (an ``AnnotatedImages``: NODE21, VinDr, JSRT, ChestX-ray14), checked to be
+    distinct: the name ``lung_mask_dir`` and ``masks=`` folders use (``lungs``, ``masks``)."""
+    from cxr_nodule_aug.datasets._common import AnnotatedImages, lung_mask_filename
+
+    if not isinstance(dataset, AnnotatedImages):
+        raise TypeError(f"dataset must be a NODE21/VinDr/JSRT/ChestX-ray14 dataset (AnnotatedImages), got {type(dataset).__name__}")
+    first: dict[str, Path] = {}
+    for _, path, _ in dataset.items:
+        name = lung_mask_filename(path)
+        if name in first:
+            raise ValueError(f"the images {str(first[name])!r} and {str(path)!r} both get the lung mask name {name!r} "
+                             "(the file name up to its first dot): lung_mask_dir cannot tell them apart")
+        first[name] = Path(path)
+    return list(first)
+
+
+def replaced_image(dataset: Any, folder: str | Path, names: list[str]) -> str | None:
+    """A mask name that, written into ``folder``, would replace one of ``dataset``'s images
+    (``folder`` is its image folder); None when there is none."""
+    images = {Path(path).resolve() for _, path, _ in dataset.items}
+    return next((n for n in names if (Path(folder) / n).resolve() in images), None)
+
+
+def open_mask_source(kind: str, root: str | Path) -> tuple[Dataset, list[str]]:
+    """The dataset a mask-writing command (``lungs``, ``masks``) reads: ``open_dataset(kind,
+    root)`` holding at least one image, and its :func:`mask_names`. ``ValueError`` or
+    ``FileNotFoundError`` saying what is wrong with ``root``."""
+    dataset = open_dataset(kind, root)
+    if len(dataset) == 0:
+        raise ValueError(f"the {kind} dataset holds no images")
+    return dataset, mask_names(dataset)
