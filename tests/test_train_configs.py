@@ -125,3 +125,19 @@ def test_print_config_reads_back_as_the_same_config(task, tmp_path, capsys):
     (tmp_path / "printed.yaml").write_text(capsys.readouterr().out)
     expected = resolve_config(config, Path(common.__file__).parent / "configs" / f"{task}-cpu.yaml", ["seed=3", "lr=2e-3"])
     assert resolve_config(config, tmp_path / "printed.yaml") == expected and expected.lr == 2e-3
+
+
+def test_the_patch_trainers_share_one_config_base():
+    """texture and layer fill a nodule patch the same way: one PatchConfig (fields, defaults,
+    checks); shape, texture and layer share AdversarialConfig (d_lr, betas, widths)."""
+    layer = _task_config("layer")
+    assert issubclass(texture.TextureConfig, common.PatchConfig) and issubclass(layer, common.PatchConfig)
+    assert issubclass(ShapeConfig, common.AdversarialConfig)
+    for config in (texture.TextureConfig, layer):
+        for override in ("max_fill=0", "patch_size=0", "jitter=-0.1", "d_lr=0", "contrast_range=[-1, 1]"):
+            with pytest.raises(ValueError, match=f"^{override.split('=')[0]}="):
+                resolve_config(config, None, [override])
+    with pytest.raises(ValueError, match="max_layer="):
+        resolve_config(layer, None, ["max_layer=0"])
+    with pytest.raises(ValueError, match="context_norm='sometimes'"):
+        resolve_config(texture.TextureConfig, None, ["context_norm=sometimes"])

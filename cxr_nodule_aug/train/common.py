@@ -142,6 +142,58 @@ class RunConfig:
         check_value(self, "lr", above=0)
 
 
+@dataclasses.dataclass
+class AdversarialConfig(RunConfig):
+    """:class:`RunConfig` for a generator trained against a discriminator (shape, texture,
+    layer): ``lr`` is the generator's learning rate, ``d_lr`` the discriminator's; ``betas``
+    both Adams'; ``base_width`` the generator's width, ``d_width`` the discriminator's."""
+
+    d_lr: float = 1e-5
+    betas: tuple = (0.5, 0.999)
+    base_width: int = 16
+    d_width: int = 32
+
+    def check(self) -> None:
+        super().check()
+        check_value(self, "d_lr", above=0)
+        check_value(self, "betas", minimum=0, below=1)
+        check_value(self, "base_width", minimum=1)
+        check_value(self, "d_width", minimum=1)
+
+
+@dataclasses.dataclass
+class PatchConfig(AdversarialConfig):
+    """:class:`AdversarialConfig` for the models that fill a nodule patch cut by inference's
+    cut (texture, layer): ``patch_size`` and ``max_fill`` as the engine cuts, ``num_stages``
+    (coarse-to-fine), L1 weights on the coarse and fine outputs and the adversarial weight,
+    a learning-rate drop (10x, both models) at ``lr_drop_step``, the held-out fraction of
+    images, the nodule's ``jitter`` in its window (a fraction of the window) and the per-patch
+    intensity augmentation (``gamma_range``, ``contrast_range``; (1, 1) switches each off)."""
+
+    lr_drop_step: int = 4500
+    num_stages: int = 2
+    patch_size: int = 64
+    max_fill: float = 0.5
+    w_l1_coarse: float = 1.0
+    w_l1_fine: float = 1.0
+    w_adversarial: float = 1.0
+    holdout_fraction: float = 0.1
+    jitter: float = 0.125
+    gamma_range: tuple = (0.3, 1.5)
+    contrast_range: tuple = (0.7, 1.2)
+
+    def check(self) -> None:
+        super().check()
+        check_value(self, "num_stages", minimum=1)
+        check_value(self, "patch_size", minimum=1)
+        for name in ("lr_drop_step", "w_l1_coarse", "w_l1_fine", "w_adversarial", "jitter"):
+            check_value(self, name, minimum=0)
+        check_value(self, "max_fill", above=0, maximum=1)
+        check_value(self, "holdout_fraction", minimum=0, below=1)
+        check_value(self, "gamma_range", above=0)
+        check_value(self, "contrast_range", minimum=0)
+
+
 def check_value(cfg: Any, name: str, *, minimum: float | None = None, above: float | None = None,
                 maximum: float | None = None, below: float | None = None) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``cfg.<name>`` is finite and within the
@@ -236,6 +288,18 @@ def write_config(config: Any, out_dir: Path) -> Path:
     path = out_dir / "config.yaml"
     path.write_text(config_yaml(config))
     return path
+
+
+def cached(path: Path, d: Dist, make: Callable[[], Any]) -> Any:
+    """``make()``'s result (tensors and containers), saved to ``path`` by rank 0 the first time
+    and loaded from it when the file exists: a resumed run gets the same training pairs without
+    re-reading the data."""
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    value = make()
+    if d.is_main:
+        torch.save(value, path)
+    return value
 
 
 # --- distributed -------------------------------------------------------------------------------

@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class LayerConfig(common.RunConfig):
-    """:class:`~cxr_nodule_aug.train.common.RunConfig` plus the layer model's fields. ``lr`` is
+class LayerConfig(common.PatchConfig):
+    """:class:`~cxr_nodule_aug.train.common.PatchConfig` plus the layer model's fields. ``lr`` is
     the model's learning rate (``d_lr`` the optional discriminator's); both drop 10x at
     ``lr_drop_step``. ``w_adversarial`` > 0 adds LSGAN on the composite (context + layer)."""
 
@@ -50,20 +50,16 @@ class LayerConfig(common.RunConfig):
     lr: float = 5e-4
     d_lr: float = 5e-5
     lr_drop_step: int = 3000
-    betas: tuple = (0.5, 0.999)
     base_width: int = 8
     d_width: int = 16
-    num_stages: int = 2
     patch_size: int = 32
-    max_fill: float = 0.5
     max_layer: float = 1.0
-    w_l1_coarse: float = 1.0
-    w_l1_fine: float = 1.0
     w_adversarial: float = 0.0
-    holdout_fraction: float = 0.1
-    jitter: float = 0.125
-    gamma_range: tuple = (0.3, 1.5)  # per-pair intensity augmentation; (1, 1) switches it off
     contrast_range: tuple = (0.7, 1.3)
+
+    def check(self) -> None:
+        super().check()
+        common.check_value(self, "max_layer", above=0)
 
 
 def extract_layer_pairs(
@@ -161,13 +157,7 @@ def paired_intensity(context: torch.Tensor, nodule: torch.Tensor, gamma_range: t
 def train(cfg: LayerConfig, pairs: dict[str, torch.Tensor] | None = None) -> Path:
     d, out = common.start_run(cfg)
     if pairs is None:
-        cache = out / "pairs.pt"
-        if cache.exists():  # resuming: the same pairs, without re-reading the images
-            pairs = torch.load(cache, weights_only=True)
-        else:
-            pairs = load_layer_pairs(cfg.data, cfg.patch_size, cfg.max_fill, jitter=cfg.jitter, seed=cfg.seed)
-            if d.is_main:
-                torch.save(pairs, cache)
+        pairs = common.cached(out / "pairs.pt", d, lambda: load_layer_pairs(cfg.data, cfg.patch_size, cfg.max_fill, jitter=cfg.jitter, seed=cfg.seed))
     train_pairs, held = split_by_image(pairs, cfg.holdout_fraction)
     if d.is_main:
         counts = torch.bincount(train_pairs["density"], minlength=len(DENSITY_CLASSES)).tolist()

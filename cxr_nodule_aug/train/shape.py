@@ -30,21 +30,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class ShapeConfig(common.RunConfig):
-    """:class:`~cxr_nodule_aug.train.common.RunConfig` plus the shape GAN's fields. ``lr`` is
-    G's learning rate, ``d_lr`` D's; ``base_width`` G's channels at 4 x 4 (the paper's 512),
-    ``d_width`` D's widest layer. ``masks``: a ``cxr-nodule-aug masks`` output folder (box-only
-    data), in place of ``data``."""
+class ShapeConfig(common.AdversarialConfig):
+    """:class:`~cxr_nodule_aug.train.common.AdversarialConfig` plus the shape GAN's fields.
+    ``lr`` is G's learning rate, ``d_lr`` D's; ``base_width`` G's channels at 4 x 4 (the
+    paper's 512), ``d_width`` D's widest layer. ``masks``: a ``cxr-nodule-aug masks`` output
+    folder (box-only data), in place of ``data``."""
 
     masks: str = ""
     out: str = "runs/shape"
     steps: int = 4000
     batch_size: int = 16
-    lr: float = 1e-4
-    d_lr: float = 1e-5
     pattern: str = "*.png"
     lidc_min_diameter_mm: float = 5.0
-    betas: tuple = (0.5, 0.999)
     latent_dim: int = 100
     base_width: int = 512
     d_width: int = 512
@@ -70,9 +67,7 @@ class ShapeConfig(common.RunConfig):
 
     def check(self) -> None:
         super().check()
-        common.check_value(self, "d_lr", above=0)
-        common.check_value(self, "betas", minimum=0, below=1)
-        for name in ("latent_dim", "base_width", "d_width", "image_size", "norm_canvas"):
+        for name in ("latent_dim", "image_size", "norm_canvas"):
             common.check_value(self, name, minimum=1)
         common.check_value(self, "norm_diameter_px", above=0)
         common.check_value(self, "lidc_min_diameter_mm", minimum=0)
