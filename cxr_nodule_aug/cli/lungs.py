@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset not in DATASETS:
         extra = f" ({args.dataset} datasets ship their lung masks)" if args.dataset in DATASET_KINDS else ""
         raise _fail(f"--dataset {args.dataset!r}: expected {' or '.join(DATASETS)}{extra}; "
-                    "for other datasets call cxr_nodule_aug.cli.lungs.write_lung_masks(dataset, out, NoduleSynthesizer.from_pretrained()) in Python")
+                    "for other datasets call cxr_nodule_aug.cli.lungs.write_lung_masks(dataset, out, NoduleSynthesizer.from_pretrained(shape_model=False, texture_model=False)) in Python")
     if not Path(args.data).is_dir():
         raise _fail(f"--data {args.data!r}: no such directory")
     try:

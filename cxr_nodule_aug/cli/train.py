@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_nodule_aug.train.common import resolve_config
+    from cxr_nodule_aug.train.common import config_yaml, resolve_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module_name, config_name = TASKS[args.task]
@@ -48,11 +48,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     if args.print_config:
-        import dataclasses
-
-        import yaml
-
-        print(yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}, sort_keys=True))
+        print(config_yaml(cfg))
         return 0
     try:
         out = module.train(cfg)

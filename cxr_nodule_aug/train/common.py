@@ -10,6 +10,10 @@ function that builds data and models, then hands one *step function* to :func:`t
         out: str = "runs/mine"          # redeclare a field to change its default
         base_width: int = 16            # the trainer's own fields
 
+        def check(self) -> None:        # runs on every construction: bad values fail early
+            super().check()             # steps, batch_size, lr, workers ...
+            common.check_value(self, "base_width", minimum=1)
+
     def train(cfg: MyConfig) -> Path:
         d, out = common.start_run(cfg)                # DDP, seeds, <out>/config.yaml
         loader = common.make_loader(cfg, dataset, d)  # batch_size, workers, seeded shuffle
@@ -26,6 +30,10 @@ function that builds data and models, then hands one *step function* to :func:`t
             model.save_pretrained(out / "model")
         common.cleanup(d)
         return out / "model"
+
+``samples=`` (a function returning an image grid) adds ``samples/stepNNNNNN.png``. To make it a
+``cxr-nodule-aug train NAME`` task, add it to ``TASKS`` in :mod:`cxr_nodule_aug.cli.train` and
+bundle ``train/configs/NAME-cpu.yaml`` (tests resolve every bundled config against its task).
 
 Everything that must survive a resume goes into ``modules`` / ``optimizers`` / ``schedulers``;
 random draws inside ``step`` use the global generators (torch, numpy, python), which the
@@ -105,6 +113,49 @@ class RunConfig:
 
     renamed: ClassVar[Mapping[str, str]] = RENAMED_KEYS
 
+    def __post_init__(self) -> None:
+        """Every field has its default's type (a bad value fails here, naming the field, not
+        steps later), then :meth:`check`. A subclass adds its own bounds in ``check``."""
+        for f in dataclasses.fields(self):
+            if f.default is dataclasses.MISSING:
+                continue
+            value, like = getattr(self, f.name), f.default
+            if isinstance(value, str) and value != (value := _number_from_text(value, like)):
+                setattr(self, f.name, value)
+            if isinstance(like, tuple) and isinstance(value, list):
+                value = tuple(value)
+                setattr(self, f.name, value)
+            elif isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, f.name, value)
+            if type(value) is not type(like):
+                kind = type(like).__name__
+                raise ValueError(f"{f.name}={value!r}: expected {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
+        self.check()
+
+    def check(self) -> None:
+        """Bounds of the run fields; subclasses call ``super().check()`` and :func:`check_value`."""
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            check_value(self, name, minimum=1)
+        for name in ("workers", "seed", "sample_every"):
+            check_value(self, name, minimum=0)
+        check_value(self, "lr", above=0)
+
+
+def check_value(cfg: Any, name: str, *, minimum: float | None = None, above: float | None = None,
+                maximum: float | None = None, below: float | None = None) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``cfg.<name>`` is finite and within the
+    bounds (``minimum``/``maximum`` inclusive, ``above``/``below`` strict); a tuple's every item."""
+    value = getattr(cfg, name)
+    for v in value if isinstance(value, tuple) else (value,):
+        bad = (not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or v in (float("inf"), float("-inf"))
+               or (minimum is not None and v < minimum) or (above is not None and v <= above)
+               or (maximum is not None and v > maximum) or (below is not None and v >= below))
+        if bad:
+            wants = [f">= {minimum:g}" if minimum is not None else "", f"> {above:g}" if above is not None else "",
+                     f"<= {maximum:g}" if maximum is not None else "", f"< {below:g}" if below is not None else ""]
+            raise ValueError(f"{name}={value!r}: expected {'values' if isinstance(value, tuple) else 'a number'} {' and '.join(w for w in wants if w)}")
+
 
 def _check_key(key: str, fields: Mapping[str, Any], renamed: Mapping[str, str], where: str) -> None:
     if key in fields:
@@ -119,6 +170,7 @@ def _coerce(value: str, like: Any) -> Any:
     parsed = yaml.safe_load(value)
     if like is None or parsed is None:
         return parsed
+    parsed = _number_from_text(parsed, like)
     if isinstance(like, bool):
         if not isinstance(parsed, bool):
             raise ValueError(f"expected true/false, got {value!r}")
@@ -132,6 +184,17 @@ def _coerce(value: str, like: Any) -> Any:
     if type(parsed) is not type(like):
         raise ValueError(f"expected a {type(like).__name__}, got {value!r}")
     return parsed
+
+
+def _number_from_text(value: Any, like: Any) -> Any:
+    """``"1e-4"`` (which YAML 1.1 reads as text) as the number a numeric field wants."""
+    if isinstance(value, str) and isinstance(like, (int, float)) and not isinstance(like, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if isinstance(like, int) and number.is_integer() else number
+    return value
 
 
 def resolve_config(cls: type[C], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> C:
@@ -162,10 +225,16 @@ def resolve_config(cls: type[C], path: str | os.PathLike | None = None, override
     return dataclasses.replace(defaults, **values)  # type: ignore[type-var]
 
 
+def config_yaml(config: Any) -> str:
+    """The config as YAML (keys sorted, tuples as lists): what ``--print-config`` prints and
+    ``<out>/config.yaml`` holds, and what ``--config FILE`` reads back."""
+    data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+    return yaml.safe_dump(data, sort_keys=True)
+
+
 def write_config(config: Any, out_dir: Path) -> Path:
     path = out_dir / "config.yaml"
-    data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
-    path.write_text(yaml.safe_dump(data, sort_keys=True))
+    path.write_text(config_yaml(config))
     return path
 
 

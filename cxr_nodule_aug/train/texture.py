@@ -39,8 +39,12 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class TextureConfig(common.RunConfig):
     """:class:`~cxr_nodule_aug.train.common.RunConfig` plus the inpainter's fields. ``lr`` is
-    G's learning rate, ``d_lr`` D's (the paper: a tenth); both drop 10x at ``lr_drop_step``."""
+    G's learning rate, ``d_lr`` D's (the paper: a tenth); both drop 10x at ``lr_drop_step``.
+    ``dataset``: the kind of ``data`` (default a SimCXR export); a box-only kind needs
+    ``masks``, a ``cxr-nodule-aug masks`` output folder."""
 
+    dataset: str = "simcxr"
+    masks: str = ""
     out: str = "runs/texture"
     steps: int = 6000
     batch_size: int = 8
@@ -67,6 +71,19 @@ class TextureConfig(common.RunConfig):
     # "auto": the saved model maps each patch's context to the training patches' median context
     # mean/std (TextureGenerator's context_norm); "none": save it without.
     context_norm: str = "auto"
+
+    def check(self) -> None:
+        super().check()
+        common.check_value(self, "d_lr", above=0)
+        common.check_value(self, "betas", minimum=0, below=1)
+        for name in ("base_width", "d_width", "num_stages", "patch_size"):
+            common.check_value(self, name, minimum=1)
+        for name in ("lr_drop_step", "w_l1_coarse", "w_l1_fine", "w_perceptual", "w_adversarial", "jitter"):
+            common.check_value(self, name, minimum=0)
+        common.check_value(self, "max_fill", above=0, maximum=1)
+        common.check_value(self, "holdout_fraction", minimum=0, below=1)
+        common.check_value(self, "gamma_range", above=0)
+        common.check_value(self, "contrast_range", minimum=0)
 
 
 def context_statistics(patches: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
@@ -190,15 +207,22 @@ def split_by_image(pairs: dict[str, torch.Tensor], holdout_fraction: float) -> t
 
 
 def load_pairs(data: str, cfg: TextureConfig) -> dict[str, torch.Tensor]:
-    """Pairs from a cache (``.pt`` written by this function) or a SimCXR export directory."""
+    """Pairs from a cache (``.pt`` written by this function), a SimCXR export directory, or a
+    box-only dataset (``cfg.dataset``) with the pseudo masks of ``cfg.masks``."""
     path = Path(data)
     if path.suffix == ".pt":
         return torch.load(path, weights_only=True)
     if not path.is_dir():
-        raise FileNotFoundError(f"data={data!r} is neither a SimCXR export directory nor a .pt pairs file")
-    from cxr_nodule_aug.datasets import SimCXRDataset
+        raise FileNotFoundError(f"data={data!r} is neither a dataset directory nor a .pt pairs file")
+    from cxr_nodule_aug.datasets import SimCXRDataset, open_dataset
 
-    dataset = SimCXRDataset(path, subset="nodule")
+    if cfg.dataset != "simcxr" or cfg.masks:
+        if not cfg.masks:
+            raise ValueError(f"dataset={cfg.dataset!r} has boxes, not nodule masks: derive them with 'cxr-nodule-aug masks --data {data} "
+                             f"--dataset {cfg.dataset} --out OUT' and pass masks=OUT")
+        dataset = open_dataset(cfg.dataset, path, nodule_masks=cfg.masks)
+    else:
+        dataset = SimCXRDataset(path, subset="nodule")
     return extract_patches(
         (dataset[i] for i in range(len(dataset))),
         cfg.patch_size,
