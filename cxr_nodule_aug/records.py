@@ -33,6 +33,10 @@ class NoduleRecord:
         density: the density class an additive (layer) model inserted it with, one of
             ``cxr_nodule_aug.models.layer.DENSITY_CLASSES`` (``None``: an inpainter, which
             takes none; an additive replay of a record without one uses ``"solid"``).
+        attributes: the row the diameter sampler drew, for samplers that draw whole rows
+            (``diameters="lidc"``: the LIDC-IDRI nodule id, split and ratings;
+            :class:`~cxr_nodule_aug.HEMSampler`: every mined column); ``None`` otherwise.
+            Provenance only: a replay does not use it.
     """
 
     center_xy: tuple[int, int]
@@ -44,6 +48,7 @@ class NoduleRecord:
     box_xyxy: tuple[float, float, float, float] | None = None
     measured_diameter_px: float | None = None
     density: str | None = None
+    attributes: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.density is not None and self.density not in _DENSITY_CLASSES:

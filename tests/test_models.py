@@ -257,3 +257,57 @@ def test_default_weights_dir_ignores_a_stray_site_packages_weights(tmp_path, mon
     assert hub.default_weights_dir() == site / "cxr_nodule_aug" / "_weights"
     (site / "pyproject.toml").write_text("[project]\n")  # now it looks like a source checkout
     assert hub.default_weights_dir() == site / "weights"
+
+
+def test_binarize_keeps_only_the_largest_region_of_each_mask():
+    """A generated nodule is one lesion: islands beyond the 3 x 3 speckle filter are dropped,
+    per mask (a small region in one mask survives when it is that mask's largest)."""
+    from cxr_nodule_aug.models.shape import binarize_shapes
+    from skimage.measure import label
+
+    big_and_island = torch.zeros(32, 32)
+    big_and_island[4:20, 4:20] = 1.0  # the nodule
+    big_and_island[24:29, 24:29] = 1.0  # a 5 x 5 island: survives the 3 x 3 mean, not this
+    diagonal = torch.zeros(32, 32)  # two blocks touching at a corner: one 8-connected region
+    diagonal[4:10, 4:10] = 1.0
+    diagonal[10:16, 10:16] = 1.0
+    small = torch.zeros(32, 32)
+    small[10:15, 10:15] = 1.0
+    out = binarize_shapes(torch.stack([big_and_island, diagonal, small, torch.zeros(32, 32)]))
+    assert out[0, 10, 10] and not out[0, 26, 26]
+    assert [label(m.numpy()).max() for m in out] == [1, 1, 1, 0]
+    assert out[1, 6, 6] and out[1, 13, 13]
+    assert out[2, 12, 12]
+
+
+def test_shape_discriminator_spectral_norm():
+    d = ShapeDiscriminator(base_width=16, image_size=32, norm="spectral")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    assert sum(hasattr(m, "parametrizations") for m in d.modules()) == 4  # every convolution
+    assert d(torch.rand(3, 1, 32, 32)).shape == (3,)
+    assert d.config["norm"] == "spectral"
+    with pytest.raises(ValueError, match="norm='layer'"):
+        ShapeDiscriminator(base_width=16, image_size=32, norm="layer")
+
+
+def test_shape_generator_smooth_is_part_of_its_definition(tmp_path):
+    """``smooth`` (the mean filter before the threshold) is saved with the model; a config
+    without it (the models trained before it existed) loads with the old 3 x 3."""
+    import json
+
+    from cxr_nodule_aug.models.shape import binarize_shapes
+
+    jagged = torch.zeros(1, 16, 16)
+    jagged[0, 4:12, 4:12] = 1.0
+    jagged[0, 4, 5] = jagged[0, 4, 7] = jagged[0, 4, 9] = 0.0  # notches one pixel deep
+    assert torch.equal(binarize_shapes(jagged, smooth=1), jagged.bool())
+    assert not torch.equal(binarize_shapes(jagged, smooth=3), jagged.bool())
+    g = ShapeGenerator(latent_dim=8, base_width=16, image_size=16, smooth=1).eval()
+    g.save_pretrained(tmp_path / "g")
+    assert ShapeGenerator.from_pretrained(tmp_path / "g").smooth == 1
+    cfg = json.loads((tmp_path / "g" / "config.json").read_text())
+    del cfg["smooth"]
+    (tmp_path / "g" / "config.json").write_text(json.dumps(cfg))
+    assert ShapeGenerator.from_pretrained(tmp_path / "g").smooth == 3
+    with pytest.raises(ValueError, match="smooth"):
+        ShapeGenerator(latent_dim=8, base_width=16, image_size=16, smooth=2)

@@ -154,3 +154,52 @@ def test_labelled_mask_files_hold_one_nodule_per_value(tmp_path):
     Image.fromarray((labels > 0).astype(np.uint8) * 255).save(tmp_path / "a_lung.png")
     data = MaskFolder(tmp_path, image_size=32, pattern="*_nodules.png")
     assert len(data) == 3
+
+
+def test_stabilisers_train_and_save_the_ema_generator(tmp_path):
+    """d_norm=spectral, ema_decay, real_label, d_blur_sigma: a run resumes with the EMA in the
+    checkpoint, and the saved model is the EMA of G (not the last G)."""
+    from cxr_nodule_aug.train.shape import blur_for_discriminator, update_ema
+
+    data = write_masks(tmp_path / "masks")
+    out = tmp_path / "run"
+    opts = ["d_norm=spectral", "ema_decay=0.9", "real_label=0.9", "d_blur_sigma=0.75"]
+    assert main(["train", "shape", f"data={data}", f"out={out}", "steps=2", *TINY, *opts]) == 0
+    assert main(["train", "shape", f"data={data}", f"out={out}", "steps=3", *TINY, *opts]) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3 and set(state["modules"]) == {"G", "D", "G_ema"}
+    saved = ShapeGenerator.from_pretrained(out / "model").state_dict()
+    for k, v in state["modules"]["G_ema"].items():
+        torch.testing.assert_close(saved[k], v)
+    assert any(not torch.equal(saved[k], v) for k, v in state["modules"]["G"].items() if v.is_floating_point())
+    # the pieces
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expect = 0.75 * a.weight.detach() + 0.25 * b.weight.detach()
+    update_ema(a, b, 0.75)
+    torch.testing.assert_close(a.weight, expect)
+    x = torch.zeros(1, 1, 9, 9)
+    x[..., 4, 4] = 1
+    y = blur_for_discriminator(1.0)(x)
+    assert y.shape == x.shape and abs(float(y.sum()) - 1) < 1e-5 and float(y.max()) < 0.2
+    assert blur_for_discriminator(0.0)(x) is x
+
+
+@pytest.mark.parametrize("bad", ["d_norm=layer", "ema_decay=1.0", "real_label=0.4", "d_blur_sigma=-1"])
+def test_stabiliser_settings_are_checked(tmp_path, bad, capsys):
+    data = write_masks(tmp_path / "masks")
+    assert main(["train", "shape", f"data={data}", f"out={tmp_path / 'run'}", "steps=1", *TINY, bad]) == 1
+    assert bad.split("=")[0] in capsys.readouterr().err
+
+
+def test_augment_rot90_false_keeps_horizontal_edges_horizontal():
+    """augment_rot90=false: only flips and half turns, which map a horizontal edge to a horizontal edge."""
+    from cxr_nodule_aug.train.shape import MaskFolder
+
+    m = torch.zeros(1, 8, 8)
+    m[0, 2, 1:7] = 1.0  # one horizontal line
+    data = MaskFolder.__new__(MaskFolder)
+    data.masks, data.augment, data.rot90 = m[None], True, False
+    torch.manual_seed(0)
+    for _ in range(20):
+        out = data[0]
+        assert out[0].sum(1).max() == 6  # still a row of 6 pixels

@@ -34,14 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from cxr_nodule_aug.cli.arguments import existing_dir, number, output_dir, whole_number
-from cxr_nodule_aug.cli.errors import UsageError
-from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
+from cxr_nodule_aug.cli.arguments import existing_dir, number, open_image_dataset, output_dir, whole_number
+from cxr_nodule_aug.cli.errors import EXIT_SOME_FAILED
+from cxr_nodule_aug.datasets import DATASET_KINDS, mask_file_names
 from cxr_nodule_aug.functional.extraction import DEFAULT_LEVEL, DEFAULT_PRIOR
 from cxr_nodule_aug.io import atomic_write, png_bytes, remove_temp_files
 
 DATASETS = tuple(name for name, kind in DATASET_KINDS.items() if kind.lung_mask_folder)  # the box-only kinds
-EXIT_SOME_FAILED = 3
 COLUMNS = ["image", "mask_file", "label", "x0", "y0", "x1", "y1", "diameter_px", "contrast", "snr", "fill", "fallback", "reason"]
 
 
@@ -57,12 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"weight of the box's inscribed ellipse against the residual, 0 = residual only, 1 = ellipse only (default {DEFAULT_PRIOR})")
     parser.add_argument("--sheet", type=whole_number(0), default=48, help="nodules on the contact sheet (default 48)")
     parser.add_argument("--no-progress", action="store_true")
-
-
-def _names(dataset: Any) -> list[str]:
-    from cxr_nodule_aug.cli.lungs import mask_names
-
-    return mask_names(dataset)
 
 
 def _rows(image_name: str, mask_file: str, extractions: list) -> list[dict]:
@@ -88,7 +81,7 @@ def write_nodule_masks(dataset: Any, out: Path, level: float = DEFAULT_LEVEL, pr
 
     if dataset.transforms is not None:
         raise ValueError("open the dataset without transforms: masks are computed on the raw images")
-    names = _names(dataset)
+    names = mask_file_names(dataset)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "rows").mkdir(exist_ok=True)
     summary: dict = {"written": [], "kept": [], "failed": []}
@@ -174,19 +167,7 @@ def contact_sheet(dataset: Any, mask_dir: Path, rows: list[dict], tile: int = 96
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        dataset = open_dataset(args.dataset, args.data)
-    except (ValueError, FileNotFoundError) as err:
-        raise UsageError(f"--data {str(args.data)!r}: {err}") from None
-    if len(dataset) == 0:
-        raise UsageError(f"--data {str(args.data)!r}: the {args.dataset} dataset holds no images")
-    try:
-        names = _names(dataset)
-    except ValueError as err:
-        raise UsageError(f"--data {str(args.data)!r}: {err}") from None
-    images = {Path(p).resolve() for _, p, _ in dataset.items}
-    if any((args.out / "masks" / n).resolve() in images for n in names):
-        raise UsageError(f"--out {str(args.out)!r}: a mask would replace one of the dataset's images; use another folder")
+    dataset, _ = open_image_dataset(args.dataset, args.data, args.out / "masks")
     summary = write_nodule_masks(dataset, args.out, args.level, args.prior, args.sheet, progress=not args.no_progress)
     print(f"{len(dataset)} images: wrote masks for {len(summary['written'])}, kept {len(summary['kept'])}, "
           f"{len(summary['failed'])} failed; {summary['nodules']} nodules, {summary['fallbacks']} inscribed-ellipse fallbacks "

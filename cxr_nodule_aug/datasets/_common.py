@@ -131,6 +131,22 @@ def lung_mask_filename(image_path: str | Path) -> str:
     return f"{Path(image_path).name.split('.')[0]}.png"
 
 
+def mask_file_names(dataset) -> list[str]:
+    """The mask file name (:func:`lung_mask_filename`) of every image of ``dataset`` (an
+    :class:`AnnotatedImages`), checked to be distinct: the names ``cxr-nodule-aug lungs`` and
+    ``cxr-nodule-aug masks`` write and the datasets read."""
+    if not isinstance(dataset, AnnotatedImages):
+        raise TypeError(f"dataset must be a NODE21/VinDr/JSRT/ChestX-ray14 dataset (AnnotatedImages), got {type(dataset).__name__}")
+    first: dict[str, Path] = {}
+    for _, path, _ in dataset.items:
+        name = lung_mask_filename(path)
+        if name in first:
+            raise ValueError(f"the images {str(first[name])!r} and {str(path)!r} both get the mask name {name!r} "
+                             "(the file name up to its first dot): a mask folder cannot tell them apart")
+        first[name] = Path(path)
+    return list(first)
+
+
 def nodule_mask_folder(path: str | Path) -> Path:
     """The folder of labelled nodule masks ``path`` names: ``path/masks`` when ``path`` is a
     ``cxr-nodule-aug masks`` output folder, else ``path`` itself. A ``FileNotFoundError`` when

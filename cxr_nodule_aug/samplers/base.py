@@ -116,3 +116,20 @@ def draw(sampler: Callable[..., torch.Tensor], n: int, generator: torch.Generato
     if not torch.isfinite(values).all() or (values <= 0).any():
         raise ValueError(f"{name} must be positive and finite, the sampler returned {values.tolist()}")
     return values
+
+
+def draw_with_attributes(sampler: Callable[..., torch.Tensor], n: int, generator: torch.Generator | None,
+                         name: str) -> tuple[torch.Tensor, list[dict[str, Any]] | None]:
+    """:func:`draw`, and for a sampler that draws whole table rows (it has ``sample_rows(n,
+    generator) -> list[dict]`` and ``attribute``, the column it returns) each drawn row's
+    attributes, for the records. Row samplers consume the generator as their ``__call__`` does,
+    so the drawn values do not depend on which function drew them."""
+    if not callable(getattr(sampler, "sample_rows", None)):
+        return draw(sampler, n, generator, name), None
+    rows = sampler.sample_rows(n, generator=generator)
+    if len(rows) != n:
+        raise ValueError(f"{name} sampler returned {len(rows)} rows for n={n}")
+    values = draw(lambda k, generator=None: torch.tensor([float(r[sampler.attribute]) for r in rows], dtype=torch.float64),
+                  n, None, name)
+    return values, [dict(r) for r in rows]
+

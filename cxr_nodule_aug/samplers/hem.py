@@ -98,6 +98,12 @@ class HEMSampler:
     def __call__(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.sample(n, generator)[self.attribute]
 
+    def sample_rows(self, n: int, generator: torch.Generator | None = None) -> list[dict[str, float]]:
+        """:meth:`sample` as one dict per drawn nodule (every column): what
+        ``NoduleInpaint`` puts in each record's ``attributes``. Same draw as ``__call__``."""
+        cols = self.sample(n, generator)
+        return [{k: float(v[i]) for k, v in cols.items()} for i in range(n)]
+
     # -- building -------------------------------------------------------------------------
     @classmethod
     def from_missed(cls, diameters: Sequence[float] | torch.Tensor, unit: str = "mm", bandwidth: float = 0.0) -> HEMSampler:
@@ -146,7 +152,10 @@ class HEMSampler:
         bandwidth: float = 0.0,
         attribute: str | None = None,
     ) -> HEMSampler:
-        """A sampler over the nodules a detector missed (:meth:`find_missed`).
+        """A sampler over the nodules a detector missed (:meth:`find_missed`), with the
+        LIDC-IDRI ratings of each (:func:`lidc_rating_columns`) when the targets carry them, as
+        SimCXR exports' LIDC nodules do: hard examples can then be drawn by more than diameter
+        (``attribute=``, :meth:`sample`) and records carry the drawn row.
 
         ``predictions`` and ``targets`` as :func:`cxr_nodule_aug.detection.predict_dataset`
         returns them: the targets of :class:`~cxr_nodule_aug.detection.ToDetectorInput` carry the
@@ -155,7 +164,10 @@ class HEMSampler:
         detector ran at. ``pixel_spacing_mm``: the original images' spacing, only for targets that
         carry none.
         """
-        missed = cls.find_missed(predictions, targets, iou_threshold, score_threshold, pixel_spacing_mm)
+        table = cls.nodule_outcomes(predictions, targets, iou_threshold, score_threshold, pixel_spacing_mm)
+        table.update(lidc_rating_columns(targets))
+        is_missed = table.pop("detected") == 0
+        missed = {k: v[is_missed] for k, v in table.items()}
         if len(missed["diameter_px"]) == 0:
             raise ValueError(
                 f"the detector missed no nodule at score_threshold={score_threshold}, iou_threshold={iou_threshold}: "
@@ -191,3 +203,36 @@ class HEMSampler:
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{path} is not a readable HEMSampler JSON file: {err}") from err
         return cls.from_state_dict(state)
+
+
+def lidc_rating_columns(targets: Sequence[Mapping[str, Any]], key: str = "sim_nodules") -> dict[str, torch.Tensor]:
+    """The LIDC-IDRI ratings of every ground-truth nodule, one row per box in the order of
+    :meth:`HEMSampler.nodule_outcomes` (image by image, box by box): columns
+    ``lidc_<rating>`` (:data:`cxr_nodule_aug.lidc.RATINGS`, the readers' medians).
+
+    Read from ``target[key]``: per box, the simulator's nodule dict whose ``params`` hold
+    ``lidc_ratings`` (:class:`~cxr_nodule_aug.datasets.SimCXRDataset` targets of an export with
+    LIDC nodules). Returns ``{}`` unless every target with boxes has exactly one such entry per
+    box (procedural SimCXR nodules, real datasets, or boxes added since: no ratings to use).
+    """
+    from cxr_nodule_aug.lidc import RATINGS
+
+    rows: list[list[float]] = []
+    for target in targets:
+        boxes = target.get("boxes")
+        n_boxes = 0 if boxes is None else len(boxes)
+        if n_boxes == 0:
+            continue
+        entries = target.get(key)
+        if entries is None or len(entries) != n_boxes:
+            return {}
+        for entry in entries:
+            ratings = (entry.get("params") or {}).get("lidc_ratings") if isinstance(entry, Mapping) else None
+            if not ratings or any(ratings.get(r) is None for r in RATINGS):
+                return {}
+            rows.append([float(ratings[r]) for r in RATINGS])
+    if not rows:
+        return {}
+    table = torch.tensor(rows, dtype=torch.float64)
+    return {f"lidc_{r}": table[:, j] for j, r in enumerate(RATINGS)}
+

@@ -12,6 +12,7 @@ Each mask is size-modulated to ``norm_diameter_px`` on a ``norm_canvas`` grid, t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -51,6 +52,21 @@ class ShapeConfig(common.RunConfig):
     norm_diameter_px: float = 100.0
     norm_canvas: int = 256
     augment: bool = True
+    # With augment: rotations by 90 degrees too (true), or only flips and 180 degrees (false),
+    # which keep horizontal edges horizontal, e.g. the axial-slice steps of LIDC silhouettes.
+    augment_rot90: bool = True
+    # Stabilisers, all off by default (the paper's DCGAN + LSGAN): "spectral" normalises D's
+    # convolutions instead of BatchNorm; ema_decay > 0 keeps an exponential moving average of
+    # G's weights, which is what is sampled and saved; real_label < 1 is one-sided label
+    # smoothing (LSGAN target for real masks); d_blur_sigma > 0 blurs both real and generated
+    # masks (Gaussian, in px) before D, so D cannot judge by binary vs soft edges alone.
+    d_norm: str = "batch"
+    ema_decay: float = 0.0
+    real_label: float = 1.0
+    d_blur_sigma: float = 0.0
+    # The generator's mean filter before its 0.5 threshold (ShapeGenerator's ``smooth``; saved
+    # with the model): 3 = as before, 1 = none.
+    smooth: int = 3
 
     def check(self) -> None:
         super().check()
@@ -146,10 +162,12 @@ class MaskFolder(Dataset):
     def __len__(self) -> int:
         return len(self.masks)
 
+    rot90: bool = True  # augment with quarter turns (else only half turns and flips)
+
     def __getitem__(self, i: int) -> torch.Tensor:
         m = self.masks[i]
         if self.augment:  # shapes have no preferred orientation
-            k = int(torch.randint(4, (1,)))
+            k = int(torch.randint(4, (1,))) if self.rot90 else 2 * int(torch.randint(2, (1,)))
             m = torch.rot90(m, k, dims=(1, 2))
             if bool(torch.randint(2, (1,))):
                 m = m.flip(2)
@@ -211,9 +229,58 @@ def open_shape_data(cfg: ShapeConfig, augment: bool | None = None) -> MaskFolder
 
         if split not in SPLITS:
             raise ValueError(f"data={cfg.data!r}: expected lidc:SPLIT with SPLIT one of {SPLITS}")
-        return LIDCSilhouettes(split, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment,
+        data = LIDCSilhouettes(split, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment,
                                cfg.lidc_min_diameter_mm)
-    return MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment, cfg.pattern)
+    else:
+        data = MaskFolder(cfg.data, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment, cfg.pattern)
+    data.rot90 = cfg.augment_rot90
+    return data
+
+
+def check_stabilisers(cfg: ShapeConfig) -> None:
+    """Refuse out-of-range stabiliser settings, naming the config key."""
+    from cxr_nodule_aug.models.shape import DISCRIMINATOR_NORMS
+
+    if cfg.d_norm not in DISCRIMINATOR_NORMS:
+        raise ValueError(f"d_norm={cfg.d_norm!r}: expected one of {DISCRIMINATOR_NORMS}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"ema_decay={cfg.ema_decay}: expected 0 (off) <= ema_decay < 1")
+    if not 0.5 < cfg.real_label <= 1.0:
+        raise ValueError(f"real_label={cfg.real_label}: expected 0.5 < real_label <= 1 (1 = no smoothing)")
+    if not cfg.d_blur_sigma >= 0.0:
+        raise ValueError(f"d_blur_sigma={cfg.d_blur_sigma}: expected >= 0 px (0 = off)")
+
+
+def lsgan_d_loss(real: torch.Tensor, fake: torch.Tensor, real_label: float = 1.0) -> torch.Tensor:
+    """LSGAN discriminator loss with the real target ``real_label`` (< 1: one-sided smoothing)."""
+    return 0.5 * ((real - real_label) ** 2).mean() + 0.5 * (fake**2).mean()
+
+
+def blur_for_discriminator(sigma: float):
+    """``x -> x`` for ``sigma == 0``, else a separable Gaussian blur of (B, 1, S, S) masks
+    (reflect padding, kernel radius 3 sigma): applied alike to real and generated masks."""
+    if sigma <= 0:
+        return lambda x: x
+    r = max(1, int(round(3 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+    k = k / k.sum()
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        kk = k.to(x.device, x.dtype)
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kk.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kk.view(1, 1, -1, 1))
+
+    return blur
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model`` for the weights; buffers (BatchNorm's
+    running statistics) copied."""
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p.detach(), 1.0 - decay)
+    for be, b in zip(ema.buffers(), model.buffers()):
+        be.copy_(b)
 
 
 def train(cfg: ShapeConfig) -> Path:
@@ -225,8 +292,11 @@ def train(cfg: ShapeConfig) -> Path:
 
     data = open_shape_data(cfg)
     loader = common.make_loader(cfg, data, d)
-    G = ShapeGenerator(cfg.latent_dim, cfg.base_width, cfg.image_size).to(d.device)
-    D = ShapeDiscriminator(cfg.d_width, cfg.image_size).to(d.device)
+    check_stabilisers(cfg)
+    G = ShapeGenerator(cfg.latent_dim, cfg.base_width, cfg.image_size, cfg.smooth).to(d.device)
+    D = ShapeDiscriminator(cfg.d_width, cfg.image_size, cfg.d_norm).to(d.device)
+    G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None
+    blur = blur_for_discriminator(cfg.d_blur_sigma)
     Gd, Dd = common.wrap_ddp(G, d), common.wrap_ddp(D, d)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas))
@@ -238,22 +308,27 @@ def train(cfg: ShapeConfig) -> Path:
         fake = Gd(z)
         # Real and fake in separate batches: with BatchNorm in D, a mixed batch would let D
         # judge by batch statistics that the generator step (fake only) never shows it.
-        loss_d = common.lsgan_d_loss(Dd(real), Dd(fake.detach()))
+        loss_d = lsgan_d_loss(Dd(blur(real)), Dd(blur(fake.detach())), cfg.real_label)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        loss_g = common.lsgan_g_loss(Dd(fake))
+        loss_g = common.lsgan_g_loss(Dd(blur(fake)))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        if G_ema is not None:
+            update_ema(G_ema, G, cfg.ema_decay)
         return {"loss_g": loss_g, "loss_d": loss_d, "fake_fill": (fake.detach() > 0.5).float().mean(), "real_fill": real.mean()}
 
-    def samples(_batch) -> tuple[torch.Tensor, int]:
-        return binarize_shapes(G(fixed_z)[:, 0])[:, None].float(), 8
+    sampled = G_ema if G_ema is not None else G  # what is sampled and saved
 
-    modules, optimizers = {"G": G, "D": D}, {"G": opt_g, "D": opt_d}
+    def samples(_batch) -> tuple[torch.Tensor, int]:
+        return binarize_shapes(sampled(fixed_z)[:, 0], sampled.smooth)[:, None].float(), 8
+
+    modules, optimizers = {"G": G, "D": D, **({"G_ema": G_ema} if G_ema is not None else {})}, {"G": opt_g, "D": opt_d}
     last = common.train_loop(cfg, d, out, loader, step, modules=modules, optimizers=optimizers, samples=samples, name="shape", show=("loss_g", "loss_d"))
     if d.is_main:
+        G = sampled
         G.eval()
         G.save_pretrained(out / "model", metadata={"trained_steps": last, "data": str(cfg.data), "num_masks": len(data)})
     common.cleanup(d)

@@ -12,7 +12,8 @@ from cxr_nodule_aug.functional.insertion import place_nodules
 from cxr_nodule_aug.functional.placement import check_diameters_fit, mask_bbox_hw
 from cxr_nodule_aug.models.layer import DEFAULT_DENSITY
 from cxr_nodule_aug.records import NoduleRecord
-from cxr_nodule_aug.samplers.base import IntUniform, as_sampler, draw
+from cxr_nodule_aug.samplers import resolve_sampler
+from cxr_nodule_aug.samplers.base import IntUniform, as_sampler, draw, draw_with_attributes
 from cxr_nodule_aug.samplers.density import as_density_sampler, draw_densities
 from cxr_nodule_aug.synthesizer import ModelSpec, NoduleSynthesizer
 from cxr_nodule_aug.transforms._base import NoduleTransformBase, build_synthesizer
@@ -31,8 +32,11 @@ class NoduleInpaint(NoduleTransformBase):
 
     Args:
         diameters: nodule diameter: a number, a ``(min, max)`` range (uniform), a sequence
-            (uniform choice), or any sampler ``sampler(n, generator=None) -> Tensor[n]`` such
-            as :class:`HEMSampler`.
+            (uniform choice), ``"lidc"`` / ``"lidc:SPLIT"`` (real LIDC-IDRI sizes in mm,
+            :class:`~cxr_nodule_aug.samplers.LIDCDiameters`; needs the ``lidc`` extra), or
+            any sampler ``sampler(n, generator=None) -> Tensor[n]`` such as
+            :class:`HEMSampler`. Samplers that draw whole rows (LIDC, HEM) also fill each
+            record's ``attributes``.
         unit: ``"px"`` or ``"mm"`` for ``diameters``. Default: the sampler's ``unit`` attribute
             if it has one (``HEMSampler.from_missed`` is in mm), else ``"px"``. Millimetres
             need the pixel spacing: ``target["pixel_spacing_mm"]`` or ``pixel_spacing_mm``.
@@ -113,6 +117,7 @@ class NoduleInpaint(NoduleTransformBase):
             raise ValueError(f"on_failure must be 'raise' or 'skip', got {on_failure!r}")
         if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        diameters = resolve_sampler(diameters, "diameters", unit=unit)  # "lidc" -> LIDCDiameters
         if unit is None:
             unit = getattr(diameters, "unit", None) or "px"
         if unit not in ("px", "mm"):
@@ -190,7 +195,7 @@ class NoduleInpaint(NoduleTransformBase):
         n = int(self.num_nodules(1, generator=g)[0])
         if n == 0:
             return {"records": []}
-        sizes = draw(self.diameters, n, g, "diameters")
+        sizes, attributes = draw_with_attributes(self.diameters, n, g, "diameters")
         contrasts = draw(self.contrast, n, g, "contrast")
         seeds = torch.randint(0, _SEED_HIGH, (n,), generator=g).tolist()
         # Drawn only for the additive mode (replace's random stream stays as it was).
@@ -217,8 +222,9 @@ class NoduleInpaint(NoduleTransformBase):
                 label=self.label,
                 diameter_mm=None if mm_per_px is None else round(d * mm_per_px, 4),
                 density=dn,
+                attributes=None if attributes is None else attributes[i],
             )
-            for c, d, s, k, dn in zip(centres, diameters_px, seeds, contrasts.tolist(), densities)
+            for i, (c, d, s, k, dn) in enumerate(zip(centres, diameters_px, seeds, contrasts.tolist(), densities))
         ]
         # The records are the whole decision (plain data; InsertNodules(records) replays them);
         # the footprints and the working image are a cache of this sample's insertion.
