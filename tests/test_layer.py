@@ -240,3 +240,40 @@ def test_additive_composition_returns_the_layer_on_each_canvas():
     solid = model(cuts[1].patches, cuts[1].holes, ["solid"]).fine  # no density on the record: the default
     assert torch.allclose(changes[1][0], solid[0, 0])
     assert additive_composition(model, [], []) == []
+
+
+def _realism():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("realism", Path(__file__).resolve().parents[1] / "benchmarks" / "realism.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_realism_benchmark_pieces():
+    """benchmarks/realism.py: a method's change goes through the engine's modes (additive: a
+    non-negative layer on the mask only; replace: the inpainted grey level on the mask), and
+    the two-sample critic tells apart crops that differ and not crops that do not."""
+    import numpy as np
+
+    realism = _realism()
+    g = torch.Generator().manual_seed(0)
+    gray = torch.rand(96, 96, generator=g) * 0.5 + 0.2
+    yy, xx = torch.meshgrid(torch.arange(96), torch.arange(96), indexing="ij")
+    mask = ((yy - 40) ** 2 + (xx - 50) ** 2) <= 36
+    add = realism.method_change(_tiny_layer(), "additive", gray, mask, "solid")
+    assert (add[~mask] == 0).all() and (add[mask] > 0).all()
+    texture = TextureGenerator(base_width=4, patch_size=32).eval()
+    rep = realism.method_change(texture, "replace", gray, mask, "solid")
+    assert (rep[~mask] == 0).all() and not torch.allclose((gray + rep)[mask], gray[mask])
+    n = 24
+    flat = torch.rand(n, 1, 32, 32, generator=g) * 0.1
+    spotted = flat.clone()
+    spotted[:, :, 12:20, 12:20] += 0.5
+    groups = np.arange(2 * n)
+    apart = realism.two_sample_test(flat, spotted, groups[:n], groups[n:], folds=2, epochs=40, width=4)
+    assert apart["accuracy_mean"] > 0.9
+    same = realism.two_sample_test(flat[: n // 2], flat[n // 2 :], groups[: n // 2], groups[n // 2 : n], folds=2, epochs=2, width=4)
+    assert 0.0 <= same["accuracy_mean"] <= 1.0 and len(same["folds"]) == 2
