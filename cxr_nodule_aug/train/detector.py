@@ -72,6 +72,7 @@ class DetectorConfig(common.RunConfig):
     augment_unit: str = "mm"
     augment_num_nodules: str = "1,3"
     augment_contrast: float = 1.0
+    augment_composition: str = "additive"
     lung_masks: str = ""
     worker_niceness: int = 0
     eval_every: int = 500
@@ -86,6 +87,8 @@ class DetectorConfig(common.RunConfig):
         common.check_value(self, "holdout_fraction", minimum=0, below=1)
         common.check_value(self, "shift", minimum=0, below=1)
         common.check_value(self, "augment_p", minimum=0, maximum=1)
+        if self.augment_composition not in ("additive", "replace"):
+            raise ValueError(f"augment_composition must be 'additive' (the nodule's layer added) or 'replace' (the paper's inpainting), got {self.augment_composition!r}")
         # 0: workers at normal priority; 1 (slightly lower) to 19 (lowest), see LowPriorityWorkers
         common.check_value(self, "worker_niceness", minimum=0, maximum=19)
 
@@ -137,7 +140,7 @@ def online_augment(cfg: DetectorConfig):
     else:
         diameters, unit = _range(cfg.augment_diameters, "augment_diameters", above=0.0), cfg.augment_unit
     return NoduleInpaint(diameters=diameters, unit=unit, p=cfg.augment_p, num_nodules=_range(cfg.augment_num_nodules, "augment_num_nodules", int, minimum=0),
-                         contrast=cfg.augment_contrast)
+                         contrast=cfg.augment_contrast, composition=cfg.augment_composition)
 
 
 def _check_lung_masks(dataset: Dataset, key: str) -> None:

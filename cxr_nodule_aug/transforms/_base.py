@@ -37,7 +37,7 @@ def build_synthesizer(
     lung_model: ModelSpec,
     device: torch.device | str | None,
     compile_texture: bool,
-    composition: str,
+    composition: str | None,
 ) -> NoduleSynthesizer:
     """The transform's engine: the one given, else loaded from the model arguments."""
     if synthesizer is None:
@@ -47,7 +47,7 @@ def build_synthesizer(
         raise TypeError(f"synthesizer must be a NoduleSynthesizer, got {type(synthesizer).__name__}")
     given = {"weights": weights, "shape_model": shape_model, "texture_model": texture_model, "lung_model": lung_model, "device": device}
     clash = [k for k, v in given.items() if v is not None] + (["compile_texture"] if compile_texture else [])
-    clash += [] if composition == "replace" else ["composition"]
+    clash += [] if composition is None else ["composition"]
     if clash:
         raise ValueError(f"pass either synthesizer=... or {', '.join(clash)}: the synthesizer already holds its models and settings")
     return synthesizer

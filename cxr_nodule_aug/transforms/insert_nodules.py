@@ -25,6 +25,13 @@ class InsertNodules(NoduleTransformBase):
     masks and records are appended to the target as ``NoduleInpaint`` does. Pass the same
     ``compile_texture`` as the transform that made the records for a bit-exact replay.
 
+    A replay needs the composition mode that made the records (``composition=``, default
+    ``"additive"`` like ``NoduleInpaint``'s, or a shared ``synthesizer``): records made with
+    ``composition="replace"`` replay with ``InsertNodules(records, composition="replace")``.
+    In the additive mode a record's ``density`` is the layer model's condition (``"solid"``
+    where it is ``None``, e.g. a hand-made record); records carrying a density were made by
+    the additive mode, and replaying them with ``"replace"`` is refused.
+
     Records the input target already lists under ``nodules`` are in its pixels already and are
     not inserted again: ``out["nodules"]`` holds the input's earlier records followed by the new
     ones, and ``InsertNodules(out["nodules"])`` applied to that same input inserts only the new
@@ -48,7 +55,7 @@ class InsertNodules(NoduleTransformBase):
         texture_model: ModelSpec = None,
         device: Any = None,
         compile_texture: bool = False,
-        composition: str = "replace",
+        composition: str | None = None,
         synthesizer: NoduleSynthesizer | None = None,
         **keys: str,
     ) -> None:
@@ -65,6 +72,13 @@ class InsertNodules(NoduleTransformBase):
         synthesizer = build_synthesizer(synthesizer, weights=weights, shape_model=shape_model, texture_model=texture_model,
                                         lung_model=False if synthesizer is None else None,
                                         device=device, compile_texture=compile_texture, composition=composition)
+        if synthesizer.composition == "replace":
+            dense = [i for i, r in enumerate(parsed) if r.density is not None]
+            if dense:
+                raise ValueError(
+                    f"records{dense} carry a density ({parsed[dense[0]].density!r}...): they were made by composition='additive', "
+                    "this replay's composition is 'replace'; replay them with composition='additive' (the default)"
+                )
         super().__init__(synthesizer=synthesizer, **keys)
         self.records = parsed
 

@@ -10,11 +10,10 @@ import torch
 
 from cxr_nodule_aug.functional.insertion import place_nodules
 from cxr_nodule_aug.functional.placement import check_diameters_fit, mask_bbox_hw
-from cxr_nodule_aug.models.layer import DEFAULT_DENSITY
 from cxr_nodule_aug.records import NoduleRecord
 from cxr_nodule_aug.samplers import resolve_sampler
 from cxr_nodule_aug.samplers.base import IntUniform, as_sampler, draw, draw_with_attributes
-from cxr_nodule_aug.samplers.density import as_density_sampler, draw_densities
+from cxr_nodule_aug.samplers.density import as_density_sampler, default_density_sampler, draw_densities
 from cxr_nodule_aug.synthesizer import ModelSpec, NoduleSynthesizer
 from cxr_nodule_aug.transforms._base import NoduleTransformBase, build_synthesizer
 
@@ -26,7 +25,8 @@ class NoduleInpaint(NoduleTransformBase):
 
     With probability ``p``, draws ``num_nodules`` nodules (diameter, contrast, shape seed),
     places each inside the lung mask clear of existing boxes, synthesises it (shape generator
-    -> size modulation -> texture inpainter on the patch around it) and appends its box, label,
+    -> size modulation -> the composition mode's network on the patch around it: by default
+    the nodule's layer added to the radiograph) and appends its box, label,
     instance mask (when the target has ``masks``) and a :class:`NoduleRecord` to the target.
     The records replay exactly with :class:`InsertNodules`.
 
@@ -53,13 +53,19 @@ class NoduleInpaint(NoduleTransformBase):
             ``texture/`` and optionally ``lung/``; default: the shipped weights.
         shape_model, texture_model, lung_model: models or sources overriding ``weights``.
             ``lung_model=False`` disables the lung model (then every sample needs a lung mask).
-        composition: how the nodule's pixels are made (``"replace"``: the paper's inpainting;
-            ``"additive"``: the nodule's layer added to the anatomy behind it, from the
-            weights' ``layer/`` model; the modes are :data:`cxr_nodule_aug.synthesizer.COMPOSITIONS`).
+        composition: how the nodule's pixels are made. Default ``"additive"``: the nodule's
+            layer (a non-negative attenuation, soft edge) added to the radiograph in the
+            working domain, from the weights' ``layer/`` model, so the ribs and vessels behind
+            it stay visible. ``"replace"``: the paper's inpainting (the texture network's
+            output replaces the pixels under the nodule), from ``texture/``. A given
+            ``texture_model`` that is an inpainter (``TextureGenerator``) implies
+            ``"replace"``. The modes are :data:`cxr_nodule_aug.synthesizer.COMPOSITIONS`.
         density: for ``composition="additive"``: the density class of each nodule
             (``"ground_glass"``, ``"part_solid"``, ``"solid"``, ``"calcified"``): a class name,
             a sequence of names (uniform choice), a ``{name: weight}`` dict or any sampler
-            ``sampler(n, generator=None) -> list[str]``; default ``"solid"``. Recorded in each
+            ``sampler(n, generator=None) -> list[str]``; default: LIDC-IDRI's frequencies
+            (:data:`~cxr_nodule_aug.samplers.density.LIDC_DENSITY_FREQUENCIES`: 73 % solid,
+            12 % calcified, 9 % ground-glass, 5 % part-solid). Recorded in each
             :class:`NoduleRecord` (``density``), so the records replay. The replace mode takes
             no density (passing one is an error).
         pixel_spacing_mm: spacing to use when the target has none.
@@ -107,7 +113,7 @@ class NoduleInpaint(NoduleTransformBase):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         compile_texture: bool = False,
-        composition: str = "replace",
+        composition: str | None = None,
         density: str | Sequence[str] | Mapping[str, float] | Callable[..., list[str]] | None = None,
         synthesizer: NoduleSynthesizer | None = None,
         on_failure: str = "raise",
@@ -136,7 +142,7 @@ class NoduleInpaint(NoduleTransformBase):
                                         device=device, compile_texture=compile_texture, composition=composition)
         super().__init__(synthesizer=synthesizer, **keys)
         if synthesizer.composition == "additive":
-            self.density = as_density_sampler(DEFAULT_DENSITY if density is None else density)
+            self.density = default_density_sampler() if density is None else as_density_sampler(density)
         elif density is not None:
             raise ValueError(f"density={density!r} applies to composition='additive' (a layer model's condition); this transform's composition is {synthesizer.composition!r}")
         else:
