@@ -65,10 +65,10 @@ STAGES = ("lung", "shape", "size", "placement", "cut", "texture", "paste")
 PRESETS = {
     "full": dict(sizes=[1024, 2048], nodules=[1, 4], repeats=20, warmup=3, batch_images=8, matmul_n=2048,
                  dl_image_size=1024, dl_batch=4, dl_warmup=3, dl_steps=20, dl_item_repeats=20, det_size=256,
-                 profile_batches=[1, 4, 8], compile=True),
+                 profile_batches=[1, 4, 8], compile=True, compositions=["additive", "replace"]),
     "quick": dict(sizes=[256], nodules=[2], repeats=2, warmup=1, batch_images=2, matmul_n=512,
                   dl_image_size=256, dl_batch=2, dl_warmup=1, dl_steps=2, dl_item_repeats=2, det_size=128,
-                 profile_batches=[1, 2], compile=False),
+                 profile_batches=[1, 2], compile=False, compositions=["additive", "replace"]),
 }
 DL_NICENESS = 19  # the LowPriorityWorkers setting of the second DataLoader group
 TARGETS = {"nodules_per_s": 20.0, "matmul_fraction": 0.5, "peak_rss_mb": 2048.0, "peer_speedup": 2.0, "dataloader_overhead": 0.15}
@@ -215,7 +215,8 @@ class StageTimer:
             shapes = self._timed("shape", lambda: synth.shapes(seeds, device=self.device))
             fps = self._timed("size", lambda: nodule_footprints(shapes, diameters, texture.patch_size, texture.max_fill))
             centres = self._timed("placement", lambda: place_nodules(lung, fps, tf.existing_boxes_xyxy(target), gap_px=tf.gap_px, generator=g))
-            recs = [NoduleRecord(center_xy=c, diameter_px=d, seed=s) for c, d, s in zip(centres, diameters, seeds)]
+            densities = tf.density(self.nodules, generator=g) if tf.density is not None else [None] * self.nodules
+            recs = [NoduleRecord(center_xy=c, diameter_px=d, seed=s, density=dn) for c, d, s, dn in zip(centres, diameters, seeds, densities)]
             cuts.append(self._timed("cut", lambda: synth.cut(image, recs, footprints=fps, working=working)))
             records.append(recs)
         if self.record_inputs:
@@ -226,13 +227,20 @@ class StageTimer:
 
 
 def counted_flops(model, inputs) -> int:
-    """FLOPs of the texture model on the recorded (patches, holes) batches (not timed)."""
+    """FLOPs of the texture (or layer) model on the recorded (patches, holes) batches (not timed)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from cxr_nodule_aug.models.layer import LayerGenerator
+
+    layer = isinstance(getattr(model, "_orig_mod", model), LayerGenerator)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         for patches, holes in inputs:
-            model(patches.to(next(model.parameters()).dtype), holes)
+            dtype = next(model.parameters()).dtype
+            if layer:  # the condition's value does not change the FLOPs
+                model(patches.to(dtype), holes.to(dtype), ["solid"] * len(patches))
+            else:
+                model(patches.to(dtype), holes)
     return counter.get_total_flops()
 
 
@@ -255,7 +263,7 @@ def child_insert(cfg: dict) -> dict:
         extra["peer_bank"] = source
     tf = NoduleInpaint(diameters=DIAMETERS_MM, unit="mm", pixel_spacing_mm=FIELD_OF_VIEW_MM / size, num_nodules=n, p=1.0,
                        texture_model=texture_model, generator=torch.Generator().manual_seed(cfg["seed"]), device=device,
-                       compile_texture=cfg.get("compile", False))
+                       compile_texture=cfg.get("compile", False), composition=cfg.get("composition"))
     from torchvision import tv_tensors
 
     image = tv_tensors.Image(radiograph(size).to(device))
@@ -521,6 +529,12 @@ def run_child(cfg: dict) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def method_label(r: dict) -> str:
+    if r["method"] == "peer":
+        return "paste-and-blend"
+    return f"NoduleInpaint ({r.get('composition') or 'replace'})"  # rows before issue 13 ran the replace mode
+
+
 def row_label(r: dict) -> str:
     label = f"{r['size']}px, {r['nodules']}/img"
     if r["images"] > 1:
@@ -537,8 +551,13 @@ def configurations(p: dict, args) -> list[dict]:
     cfgs = []
     for size in p["sizes"]:
         for n in p["nodules"]:
-            for method in ("ours", "peer"):
-                cfgs.append({**base, "method": method, "size": size, "nodules": n})
+            for composition in p["compositions"]:  # issue 13: the additive default next to the paper's replace
+                cfgs.append({**base, "method": "ours", "composition": composition, "size": size, "nodules": n})
+            if p.get("peer", True):
+                cfgs.append({**base, "method": "peer", "size": size, "nodules": n})
+    if p.get("insert_only"):
+        return cfgs
+    base = {**base, "composition": p["compositions"][0]}
     small, most = p["sizes"][0], p["nodules"][-1]
     cfgs.append({**base, "method": "ours", "size": small, "nodules": p["nodules"][0], "lung": "given"})
     batched = {**base, "method": "ours", "size": small, "nodules": most, "images": p["batch_images"], "repeats": max(1, p["repeats"] // p["batch_images"] * 2)}
@@ -563,11 +582,11 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         s = r["stages_ms_per_image"]
         lines.append(
-            f"| {row_label(r)} | {'NoduleInpaint' if r['method'] == 'ours' else 'paste-and-blend'} | {r['nodules_per_s']:.1f} | {r['ms_per_image']:.1f} | "
+            f"| {row_label(r)} | {method_label(r)} | {r['nodules_per_s']:.1f} | {r['ms_per_image']:.1f} | "
             + " | ".join(f"{s[k]:.1f}" for k in STAGES)
             + f" | {s['other']:.1f} | {r['texture_gflop_per_nodule']:.3f} | {r['texture_gflops']:.1f} | {100 * r['matmul_fraction']:.0f}% | {r['peak_rss_mb']:.0f} |"
         )
-    d = result["dataloader"]
+    d = result.get("dataloader")
     lines += [
         "",
         f"Matmul ({result['matmul_n']}^3 float32, same processes): {min(r['matmul_gflops'] for r in result['rows']):.0f}-{max(r['matmul_gflops'] for r in result['rows']):.0f} GFLOP/s.",
@@ -587,7 +606,9 @@ def markdown(result: dict) -> str:
                     if "compiled_ms" in b else "not run")
             lines.append(f"| {b['batch']} | {b['ms']:.1f} | {b['gflop']:.2f} | {b['gflops']:.0f} | {100 * b['matmul_fraction']:.0f}% | {comp} | {b['calls_per_forward']:.0f} | {ops} |")
         lines.append("")
-    lines += [
+    if d is None:
+        lines += ["The texture-network profile and the DataLoader runs were skipped (`--insert-only`).", ""]
+    lines += [] if d is None else [
         "## DataLoader",
         "",
         f"{d['detector']}; radiograph {d['dl_image_size']} px augmented at full size, then resized to {d['det_size']} px; batch {d['dl_batch']}, "
@@ -596,16 +617,18 @@ def markdown(result: dict) -> str:
         "| workers | s/step without | s/step with | overhead | s/step with, lung mask given | overhead |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for priority, name in (("", "normal priority"), ("_low_priority", f"`LowPriorityWorkers({d['niceness']})`")):
+    for priority, name in () if d is None else (("", "normal priority"), ("_low_priority", f"`LowPriorityWorkers({d['niceness']})`")):
         lines.append(f"| {name} | {d['step_s_without' + priority]:.3f} | {d['step_s_with' + priority]:.3f} | {100 * d['overhead' + priority]:.1f}% | "
                      f"{d['step_s_with_lung_mask_given' + priority]:.3f} | {100 * d['overhead_lung_mask_given' + priority]:.1f}% |")
-    lines += [
+    lines += [] if d is None else [
         "",
         f"One worker's CPU per sample (single thread): {d['item_cpu_ms_without']:.1f} ms plain, {d['item_cpu_ms_augmented']:.1f} ms augmented "
         f"(1-3 nodules, lung model), {d['item_cpu_ms_augmented_lung_mask_given']:.1f} ms augmented with the lung mask given. At p=0.5 that is "
         f"{100 * d['cpu_share_augmented']:.1f}% ({100 * d['cpu_share_augmented_lung_mask_given']:.1f}% with the mask) of the CPU time of a plain "
         "step: the overhead if the augmentation cost nothing but its own CPU time. Anything measured above that is contention: workers at "
         "normal priority preempt training threads, and the other training thread waits for the preempted one.",
+    ]
+    lines += [
         "",
         "## Targets",
         "",
@@ -620,7 +643,7 @@ def evaluate_targets(result: dict) -> list[dict]:
     size = 1024 if any(r["size"] == 1024 for r in rows) else rows[0]["size"]
     for r in rows:
         if r["method"] == "ours" and r["size"] == size and r["images"] == 1:
-            out.append({"name": f">= {TARGETS['nodules_per_s']:g} nodules/s, {row_label(r)}", "value": f"{r['nodules_per_s']:.1f} nodules/s", "met": r["nodules_per_s"] >= TARGETS["nodules_per_s"]})
+            out.append({"name": f">= {TARGETS['nodules_per_s']:g} nodules/s, {method_label(r)}, {row_label(r)}", "value": f"{r['nodules_per_s']:.1f} nodules/s", "met": r["nodules_per_s"] >= TARGETS["nodules_per_s"]})
     ours = [r for r in rows if r["method"] == "ours" and not r.get("compile")]
     goal = f"texture network >= {100 * TARGETS['matmul_fraction']:.0f}% of the same-run matmul GFLOP/s"
     for kind, group in (("eager", ours), ("compile_texture", [r for r in rows if r.get("compile")])):
@@ -632,15 +655,24 @@ def evaluate_targets(result: dict) -> list[dict]:
         if "compiled_ms" in b:
             out.append({"name": f"{goal}, alone, batch {b['batch']}, torch.compile", "value": f"{100 * b['compiled_matmul_fraction']:.0f}%",
                         "met": b["compiled_matmul_fraction"] >= TARGETS["matmul_fraction"]})
-    rss = max(r["peak_rss_mb"] for r in rows + [result["dataloader"], result.get("texture_profile", {"peak_rss_mb": 0})])
+    for r in rows:  # issue 13 item 5: the additive default no slower than replace, same run, same configuration
+        if r["method"] == "ours" and r.get("composition") == "additive" and not r.get("compile"):
+            same = [o for o in ours if o.get("composition") == "replace" and all(o[k] == r[k] for k in ("size", "nodules", "images", "lung"))]
+            if same:
+                out.append({"name": f"additive nodules/s >= replace's, {row_label(r)}", "value": f"{r['nodules_per_s']:.1f} vs {same[0]['nodules_per_s']:.1f}",
+                            "met": r["nodules_per_s"] >= same[0]["nodules_per_s"]})
+    rss = max(r["peak_rss_mb"] for r in rows + [result.get("dataloader", {"peak_rss_mb": 0}), result.get("texture_profile", {"peak_rss_mb": 0})])
     out.append({"name": f"peak RSS < {TARGETS['peak_rss_mb']:.0f} MB", "value": f"max {rss:.0f} MB", "met": rss < TARGETS["peak_rss_mb"]})
     for r in rows:
         if r["method"] != "peer":
             continue
-        mine = next(o for o in ours if o["size"] == r["size"] and o["nodules"] == r["nodules"] and o["images"] == 1 and o["lung"] == "model")
+        mine = [o for o in ours if o["size"] == r["size"] and o["nodules"] == r["nodules"] and o["images"] == 1 and o["lung"] == "model"]
+        mine = next((o for o in mine if o.get("composition") == "additive"), mine[0])  # the default's row where there is one
         ratio = mine["nodules_per_s"] / r["nodules_per_s"]
         out.append({"name": f">= {TARGETS['peer_speedup']:g}x the peer's nodules/s, {row_label(r)}", "value": f"{ratio:.2f}x", "met": ratio >= TARGETS["peer_speedup"]})
-    d = result["dataloader"]
+    d = result.get("dataloader")
+    if d is None:
+        return out
     for key, name in (("overhead", "normal-priority workers, lung model"), ("overhead_lung_mask_given", "normal-priority workers, lung mask given"),
                       ("overhead_low_priority", f"LowPriorityWorkers({d['niceness']}), lung model"),
                       ("overhead_lung_mask_given_low_priority", f"LowPriorityWorkers({d['niceness']}), lung mask given")):
@@ -658,6 +690,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput_<device>.json; a .md is written next to it)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing of the texture network (~15 s of compiling per batch size)")
     ap.add_argument("--render", default=None, metavar="JSON", help="rewrite the targets and the .md of an existing result JSON (no measuring)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="radiograph sizes of the insertion rows (default: the preset's)")
+    ap.add_argument("--nodules", type=int, nargs="+", default=None, help="nodules per image of the insertion rows (default: the preset's)")
+    ap.add_argument("--compositions", nargs="+", choices=("additive", "replace"), default=None,
+                    help="composition modes of the insertion rows (default: additive and replace)")
+    ap.add_argument("--insert-only", action="store_true", help="only the per-size insertion rows (no lung-given/batch/compile rows, texture profile or DataLoader)")
+    ap.add_argument("--no-peer", action="store_true", help="skip the paste-and-blend peer rows")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
@@ -675,7 +713,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else RESULTS / f"throughput_{args.device}.json"
     if args.quick and out.resolve().parent == RESULTS.resolve():
         ap.error("--quick results are a smoke test: pass --out outside benchmarks/results")
-    p = PRESETS[preset]
+    p = dict(PRESETS[preset])
+    for key in ("sizes", "nodules", "compositions"):
+        if getattr(args, key) is not None:
+            p[key] = getattr(args, key)
+    p["insert_only"], p["peer"] = args.insert_only, not args.no_peer
     result = {
         "preset": preset, "device": args.device, "threads": args.threads,
         "command": " ".join(["python", "benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -689,9 +731,13 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in configurations(p, args):
         row = run_child(cfg)
         result["rows"].append(row)
-        print(f"{row_label(row):40s} {row['method']:5s} {row['nodules_per_s']:7.1f} nodules/s  {row['ms_per_image']:7.1f} ms/image  "
+        print(f"{row_label(row):40s} {method_label(row):24s} {row['nodules_per_s']:7.1f} nodules/s  {row['ms_per_image']:7.1f} ms/image  "
               f"texture {100 * row['matmul_fraction']:3.0f}% of matmul  RSS {row['peak_rss_mb']:.0f} MB", flush=True)
-    result["peer_bank"] = next(r["peer_bank"] for r in result["rows"] if r["method"] == "peer")
+    result["peer_bank"] = next((r["peer_bank"] for r in result["rows"] if r["method"] == "peer"), "not run")
+    result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["cpu_busy_after"] = cpu_busy_fraction()
+    if args.insert_only:
+        return _finish(result, out)
     prof = {"kind": "texture_profile", "device": args.device, "threads": args.threads, "seed": args.seed, "repeats": p["repeats"],
             "matmul_n": p["matmul_n"], "profile_batches": p["profile_batches"], "compile": p["compile"] and not args.no_compile}
     result["texture_profile"] = run_child(prof)
@@ -709,6 +755,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{d['item_cpu_ms_augmented_lung_mask_given']:.1f} ms augmented with the lung mask given [{d['detector']}]", flush=True)
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     result["cpu_busy_after"] = cpu_busy_fraction()
+    return _finish(result, out)
+
+
+def _finish(result: dict, out: Path) -> int:
     result["targets"] = evaluate_targets(result)
     busy = [b for b in (result["cpu_busy_before"], result["cpu_busy_after"]) if b is not None]
     if busy and max(busy) > 0.2:

@@ -131,6 +131,9 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["preset"] == "quick" and {r["method"] for r in result["rows"]} == {"ours", "peer"}
+    # issue 13 item 5: the additive default's rows next to replace's, and the target comparing them
+    assert {r.get("composition") for r in result["rows"] if r["method"] == "ours"} == {"additive", "replace"}
+    assert any(t["name"].startswith("additive nodules/s >= replace's") for t in result["targets"])
     for r in result["rows"]:
         assert r["nodules_per_s"] > 0 and r["peak_rss_mb"] > 0 and 0 < r["matmul_fraction"]
         assert set(r["stages_ms_per_image"]) == {"lung", "shape", "size", "placement", "cut", "texture", "paste", "other"}
