@@ -15,7 +15,7 @@ from setuptools.command.build_py import build_py
 
 WEIGHTS_SRC = Path(__file__).resolve().parent / "weights"
 WEIGHTS_PACKAGE_DIR = ("cxr_nodule_aug", "_weights")
-MODEL_NAMES = ("lung", "shape", "texture")
+MODEL_NAMES = ("layer", "lung", "shape", "texture")
 REQUIRED_FILES = ("config.json", "model.safetensors")
 
 
@@ -34,7 +34,7 @@ def _weight_files() -> list[Path]:
 
 
 class BuildPyWithWeights(build_py):
-    """``build_py`` that also copies ``weights/{lung,shape,texture}/*`` to ``cxr_nodule_aug/_weights/``.
+    """``build_py`` that also copies ``weights/{layer,lung,shape,texture}/*`` to ``cxr_nodule_aug/_weights/``.
 
     Editable installs skip it (as setuptools' own ``build_py`` skips copying): they load
     ``weights/`` from the checkout.

@@ -1,17 +1,20 @@
-"""Check the README's "Hard-example mining" section end to end on a NODE21-layout copy at 1024 px
-without pixel spacing: are the nodules inserted with the mined diameters, in the images' own
-pixels?
+"""Check the README's "Box-only data" and "Hard-example mining" sections end to end on a NODE21-layout
+copy at 1024 px without pixel spacing: do the box-only commands run, and are the nodules inserted
+with the mined diameters, in the images' own pixels?
 
 1. ``--sim EXPORT``: a ``cxr-nodule-aug sim`` export is converted to NODE21 layout (``images/*.png``
    upsampled to ``--size`` px, ``metadata.csv`` with the boxes scaled alike, no spacing), unless
    ``--data`` already holds ``metadata.csv``.
-2. The section's bash commands and its Python block, then those of "Evaluate a detector"
+2. The "Box-only data" section's commands (masks, train shape / texture on them, export,
+   synthesize with the box-only models), then the HEM section's bash commands and its Python
+   block, then those of "Evaluate a detector"
    (predict -> eval with the same detector), are read from README.md and run verbatim
    in ``--work`` with ``DIR`` replaced by ``--data`` (a command whose ``out=`` / ``--out`` already
    exists is skipped, so a rerun resumes).
 3. Measured: each missed nodule's mined diameter against its box in ``metadata.csv`` (the
    original frame), and each inserted nodule's asked and measured diameter
-   (``records.jsonl``) against the mined ones.
+   (``records.jsonl``) against the mined ones; for the box-only part, the masks' count and
+   fallbacks, and the nodules synthesize inserted with the box-only models.
 
     python benchmarks/hem_check.py --sim /work/data/data/sim512 --data /work/data/data/node21_1024 \\
         --work /work/runs/data/hem_check
@@ -138,6 +141,22 @@ def measure(data: Path, work: Path) -> dict:
     }
 
 
+def measure_box_only(work: Path) -> dict:
+    """What the README's box-only commands produced in ``work``."""
+    with open(work / "runs/masks/nodules.csv") as f:
+        rows = list(csv.DictReader(f))
+    records = [json.loads(line)["record"] for line in (work / "runs/synth_box/records.jsonl").read_text().splitlines()]
+    errors = [abs(r["measured_diameter_px"] - r["diameter_px"]) / r["diameter_px"] for r in records]
+    return {
+        "mask_files": len(list((work / "runs/masks/masks").glob("*.png"))), "nodules": len(rows),
+        "fallbacks": sum(int(r["fallback"]) for r in rows),
+        "shape_model": json.loads((work / "runs/weights_box/shape/config.json").read_text())["metadata"],
+        "texture_model": json.loads((work / "runs/weights_box/texture/config.json").read_text())["metadata"],
+        "synth_images": len(list((work / "runs/synth_box/images").iterdir())), "synth_nodules": len(records),
+        "synth_median_relative_diameter_error": sorted(errors)[len(errors) // 2] if errors else None,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sim", type=Path, default=None, help="SimCXR export to convert (when --data has no metadata.csv)")
@@ -150,9 +169,11 @@ def main() -> int:
             parser.error("--data holds no metadata.csv: give --sim to make it")
         make_node21_copy(args.sim, args.data, args.size)
     args.work.mkdir(parents=True, exist_ok=True)
+    run_section(args.data.resolve(), args.work, "Box-only data")
     run_section(args.data.resolve(), args.work, "Hard-example mining")
     run_section(args.data.resolve(), args.work, "Evaluate a detector")  # predict -> eval on the same detector
     result = measure(args.data.resolve(), args.work)
+    result["box_only"] = measure_box_only(args.work)
     metrics = args.work / "runs/eval/metrics.json"
     if metrics.is_file():
         m = json.loads(metrics.read_text())

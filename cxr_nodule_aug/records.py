@@ -6,6 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+# The layer model's classes (cxr_nodule_aug.models.layer.DENSITY_CLASSES; not imported: records
+# stay free of torch). tests/test_layer.py checks the two agree.
+_DENSITY_CLASSES = ("ground_glass", "part_solid", "solid", "calcified")
+
 
 @dataclass(frozen=True)
 class NoduleRecord:
@@ -26,6 +30,9 @@ class NoduleRecord:
         diameter_mm: ``diameter_px`` times the pixel spacing, when the spacing was known.
         box_xyxy: the inserted nodule's box, absolute pixels, x2/y2 exclusive.
         measured_diameter_px: equivalent diameter of the inserted mask.
+        density: the density class an additive (layer) model inserted it with, one of
+            ``cxr_nodule_aug.models.layer.DENSITY_CLASSES`` (``None``: an inpainter, which
+            takes none; an additive replay of a record without one uses ``"solid"``).
         attributes: the row the diameter sampler drew, for samplers that draw whole rows
             (``diameters="lidc"``: the LIDC-IDRI nodule id, split and ratings;
             :class:`~cxr_nodule_aug.HEMSampler`: every mined column); ``None`` otherwise.
@@ -40,7 +47,12 @@ class NoduleRecord:
     diameter_mm: float | None = None
     box_xyxy: tuple[float, float, float, float] | None = None
     measured_diameter_px: float | None = None
+    density: str | None = None
     attributes: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.density is not None and self.density not in _DENSITY_CLASSES:
+            raise ValueError(f"density must be one of {_DENSITY_CLASSES} or None, got {self.density!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

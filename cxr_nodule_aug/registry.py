@@ -18,6 +18,7 @@ MODEL_TYPES: dict[str, str] = {
     "ShapeDiscriminator": "cxr_nodule_aug.models.shape:ShapeDiscriminator",
     "TextureGenerator": "cxr_nodule_aug.models.texture:TextureGenerator",
     "PatchDiscriminator": "cxr_nodule_aug.models.texture:PatchDiscriminator",
+    "LayerGenerator": "cxr_nodule_aug.models.layer:LayerGenerator",
     "LungSegmenter": "cxr_nodule_aug.models.lung:LungSegmenter",
     "PartialConvUNet": "cxr_nodule_aug.baselines.partial_conv:PartialConvUNet",
     "NoduleDetector": "cxr_nodule_aug.detection.models:NoduleDetector",

@@ -83,6 +83,8 @@ class CompositionMode:
 
 COMPOSITIONS: dict[str, CompositionMode] = {
     "replace": CompositionMode("cxr_nodule_aug.functional.insertion:replace_composition", "texture"),
+    # Issue 13: the nodule's layer (LayerGenerator) added in the working domain; records' density.
+    "additive": CompositionMode("cxr_nodule_aug.functional.composition:additive_composition", "layer"),
 }
 """The composition modes by name (see the module docstring)."""
 

@@ -21,7 +21,7 @@ from cxr_nodule_aug import WeightsError, load_model
 from cxr_nodule_aug.baselines.partial_conv import PartialConvUNet
 from cxr_nodule_aug.detection.models import NoduleDetector
 from cxr_nodule_aug.hub import PretrainedMixin
-from cxr_nodule_aug.models import LungSegmenter, PatchDiscriminator, ShapeDiscriminator, ShapeGenerator, TextureGenerator
+from cxr_nodule_aug.models import LayerGenerator, LungSegmenter, PatchDiscriminator, ShapeDiscriminator, ShapeGenerator, TextureGenerator
 
 import cxr_nodule_aug
 
@@ -32,6 +32,7 @@ TINY = {
     "ShapeDiscriminator": lambda: ShapeDiscriminator(base_width=8, image_size=16),
     "TextureGenerator": lambda: TextureGenerator(base_width=4, patch_size=32),
     "PatchDiscriminator": lambda: PatchDiscriminator(base_width=4),
+    "LayerGenerator": lambda: LayerGenerator(base_width=4, patch_size=32),
     "LungSegmenter": lambda: LungSegmenter(base_width=4, depth=2, input_size=32),
     "PartialConvUNet": lambda: PartialConvUNet(base_width=4, patch_size=32),
     "NoduleDetector": lambda: NoduleDetector("fasterrcnn", "mobilenet_v3", image_size=64, fpn_channels=16, box_head_width=32),

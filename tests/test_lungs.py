@@ -196,7 +196,7 @@ def _dup_root(node21: Path, tmp_path: Path) -> Path:
     (["--out", "{data}/images"], "--out .* holds the dataset.s images"),
     (["--device", "gpu0"], "--device 'gpu0'"),
     (["--lung-model", "{tmp}/no_model"], "--lung-model .*no_model"),
-    (["--data", "{dup}"], "--data .*dup.: the images .*x.1.png.*x.2.png.*both get the lung mask name .x.png."),
+    (["--data", "{dup}"], "--data .*dup.: the images .*x.1.png.*x.2.png.*both get the mask name .x.png."),
 ])
 def test_bad_arguments_name_the_argument(node21, tmp_path, capsys, args, needle):
     (tmp_path / "file").write_text("")

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("lung", "shape", "texture")
+MODELS = ("layer", "lung", "shape", "texture")
 # Top-level paths of a working checkout that are not sources (see .gitignore); copying data/ or
 # runs/ would take minutes.
 NOT_SOURCES = {".git", ".venv", "data", "runs", "out", "build", "dist", ".pytest_cache", ".hypothesis"}

@@ -134,6 +134,7 @@ def test_every_trainer_resumed_mid_epoch_equals_an_uninterrupted_run(tmp_path, t
             assert torch.equal(value, resumed["modules"][net][name]), f"{trainer}: {net}.{name}"
     rows = lambda run: [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert len(rows("straight")) == 5 and rows("straight") == rows("resumed")
+    assert sorted(p.name for p in (tmp_path / "straight" / "samples").iterdir()) == ["step000005.png"]  # the last step draws samples
 
 
 def test_batches_resume_at_an_epoch_boundary():

@@ -94,8 +94,8 @@ def brighten(model, cuts, records):
 
 
 def test_a_composition_mode_plugs_in_by_name_without_touching_the_transforms(monkeypatch):
-    with pytest.raises(ValueError, match=r"composition must be one of \['replace'\]"):
-        NoduleSynthesizer(composition="additive")
+    with pytest.raises(ValueError, match=r"composition must be one of \['additive', 'replace'\]"):
+        NoduleSynthesizer(composition="overlay")
     monkeypatch.setitem(COMPOSITIONS, "brighten", CompositionMode(f"{__name__}:brighten"))
     synth = NoduleSynthesizer(EllipseShapeGenerator().eval(), tiny_texture(), composition="brighten")
     image = tv_tensors.Image(make_image(torch.float32, size=128))

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("cxr_nodule_aug.cli.info", "show the version, the device and where weights load from"),
     "sim": ("cxr_nodule_aug.cli.sim", "export simulated radiographs with 3-D nodules (SimCXR)"),
     "synthesize": ("cxr_nodule_aug.cli.synthesize", "write a pre-synthesized detection set (NODE21 layout, replayable records) from a dataset, for train detector synth=node21:DIR"),
+    "masks": ("cxr_nodule_aug.cli.masks", "pseudo nodule masks from a box-only dataset (NODE21, VinDr, JSRT, ChestX-ray14), for train shape / train texture masks=OUT"),
     "lungs": ("cxr_nodule_aug.cli.lungs", "precompute the lung masks NoduleInpaint would compute online (NODE21, VinDr), for train detector lung_masks=DIR"),
     "eval": ("cxr_nodule_aug.cli.eval", "NODE21 detection metrics (AUC, FROC, score) from a prediction JSON"),
     "predict": ("cxr_nodule_aug.cli.predict", "run a trained detector on a dataset and write NODE21 prediction JSON (original-image pixels) for eval"),

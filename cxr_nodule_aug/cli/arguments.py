@@ -190,3 +190,26 @@ def weights_source(flag: str, text: str | None, loader: Callable[[str], object])
         return loader(text)
     except (WeightsError, ValueError, FileNotFoundError) as err:
         raise UsageError(f"{flag} {text!r}: {err}") from None
+
+
+def open_image_dataset(kind: str, data, mask_folder: Path):
+    """``(dataset, mask file names)`` for a command that writes one mask per image of a dataset
+    (``lungs``, ``masks``) into ``mask_folder``: the dataset opened, non-empty, its images' mask
+    names distinct, and ``mask_folder`` not its image folder. Each failure is a
+    :class:`UsageError` naming ``--data`` or ``--out``."""
+    from cxr_nodule_aug.datasets import mask_file_names, open_dataset
+
+    try:
+        dataset = open_dataset(kind, data)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"--data {str(data)!r}: {err}") from None
+    if len(dataset) == 0:
+        raise UsageError(f"--data {str(data)!r}: the {kind} dataset holds no images")
+    try:
+        names = mask_file_names(dataset)
+    except ValueError as err:
+        raise UsageError(f"--data {str(data)!r}: {err}") from None
+    images = {Path(p).resolve() for _, p, _ in dataset.items}
+    if any((Path(mask_folder) / n).resolve() in images for n in names):
+        raise UsageError(f"--out {str(mask_folder)!r} holds the dataset's images: a mask would replace an image; use another folder")
+    return dataset, names

@@ -35,7 +35,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_RUNTIME: "the command failed while working (a corrupt file, a model that does not load, no room for a nodule)",
     EXIT_USAGE: "usage error, found before any work: an unknown option, a bad value (sim --size 0, --diameter-mm 30 4), a missing input, "
                 "an --out that is a file, cannot be created or holds another run's output",
-    EXIT_SOME_FAILED: "partly done: lungs wrote every mask it could; failed.txt lists the images without one",
+    EXIT_SOME_FAILED: "partly done: lungs or masks wrote every mask it could; failed.txt lists the images without one",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); rerun the same command to resume (sim, synthesize, lungs, train)",
 }
 

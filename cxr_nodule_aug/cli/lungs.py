@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from cxr_nodule_aug.cli.arguments import output_dir
+from cxr_nodule_aug.cli.arguments import open_image_dataset, output_dir
 from cxr_nodule_aug.cli.errors import EXIT_SOME_FAILED, CommandError, UsageError
-from cxr_nodule_aug.datasets import DATASET_KINDS, open_dataset
+from cxr_nodule_aug.datasets import DATASET_KINDS, mask_file_names
 from cxr_nodule_aug.io import atomic_write, png_bytes, remove_temp_files
 
 DATASETS = tuple(name for name, kind in DATASET_KINDS.items() if kind.lung_mask_folder)  # the kinds that take lung_mask_dir
@@ -69,23 +69,6 @@ class LungMaskSummary:
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
-def mask_names(dataset: Any) -> list[str]:
-    """The mask file name of every image of ``dataset`` (an ``AnnotatedImages``), checked to be
-    distinct."""
-    from cxr_nodule_aug.datasets import AnnotatedImages, lung_mask_filename
-
-    if not isinstance(dataset, AnnotatedImages):
-        raise TypeError(f"dataset must be a NODE21/VinDr/JSRT/ChestX-ray14 dataset (AnnotatedImages), got {type(dataset).__name__}")
-    first: dict[str, Path] = {}
-    for _, path, _ in dataset.items:
-        name = lung_mask_filename(path)
-        if name in first:
-            raise ValueError(f"the images {str(first[name])!r} and {str(path)!r} both get the lung mask name {name!r} "
-                             "(the file name up to its first dot): lung_mask_dir cannot tell them apart")
-        first[name] = Path(path)
-    return list(first)
-
-
 def replaced_image(dataset: Any, out: Path, names: list[str]) -> str | None:
     """A mask name in ``out`` that is one of the dataset's images (``out`` is its image folder)."""
     images = {Path(path).resolve() for _, path, _ in dataset.items}
@@ -117,7 +100,7 @@ def write_lung_masks(dataset: Any, out: Path, engine: Any, progress: bool = Fals
         raise TypeError(f"engine must be a NoduleSynthesizer or a transform holding one, got {type(engine).__name__}")
     if synth.lung_model is None:
         raise ValueError("the synthesizer has no lung model: nothing to compute the masks with")
-    names = mask_names(dataset)
+    names = mask_file_names(dataset)
     clash = replaced_image(dataset, out, names)
     if clash is not None:
         raise ValueError(f"out={str(out)!r} holds the images themselves ({clash}): a mask would replace an image; use another folder")
@@ -162,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset not in DATASETS:
         extra = f" ({args.dataset} datasets ship their lung masks)" if args.dataset in DATASET_KINDS else ""
         raise _fail(f"--dataset {args.dataset!r}: expected {' or '.join(DATASETS)}{extra}; "
-                    "for other datasets call cxr_nodule_aug.cli.lungs.write_lung_masks(dataset, out, NoduleSynthesizer.from_pretrained()) in Python")
+                    "for other datasets call cxr_nodule_aug.cli.lungs.write_lung_masks(dataset, out, NoduleSynthesizer.from_pretrained(shape_model=False, texture_model=False)) in Python")
     if not Path(args.data).is_dir():
         raise _fail(f"--data {args.data!r}: no such directory")
     try:
@@ -173,18 +156,7 @@ def run(args: argparse.Namespace) -> int:
         torch.device(args.device)
     except RuntimeError:
         raise _fail(f"--device {args.device!r}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    try:
-        dataset = open_dataset(args.dataset, args.data)
-    except (ValueError, FileNotFoundError) as err:
-        raise _fail(f"--data {args.data!r}: {err}") from None
-    if len(dataset) == 0:
-        raise _fail(f"--data {args.data!r}: the {args.dataset} dataset holds no images")
-    try:
-        names = mask_names(dataset)
-    except ValueError as err:
-        raise _fail(f"--data {args.data!r}: {err}") from None
-    if replaced_image(dataset, out, names) is not None:
-        raise _fail(f"--out {str(out)!r} holds the dataset's images: a mask would replace an image; use another folder")
+    dataset, _ = open_image_dataset(args.dataset, args.data, out)
     try:
         # The engine train detector's augmentation uses (shipped weights), its lung model only.
         synth = NoduleSynthesizer.from_pretrained(shape_model=False, texture_model=False, lung_model=args.lung_model, device=args.device)

@@ -1,4 +1,4 @@
-"""``cxr-nodule-aug train {shape,texture,lung,detector} [--config FILE.yaml] [key=value ...]``.
+"""``cxr-nodule-aug train {shape,texture,layer,lung,detector} [--config FILE.yaml] [key=value ...]``.
 
 Runs unchanged under ``torchrun --nproc-per-node N -m cxr_nodule_aug.cli train ...``.
 The resolved config is written to ``<out>/config.yaml``; an existing ``<out>/checkpoint.pt``
@@ -17,6 +17,7 @@ from cxr_nodule_aug.cli.errors import CommandError, UsageError
 TASKS = {
     "shape": ("cxr_nodule_aug.train.shape", "ShapeConfig"),
     "texture": ("cxr_nodule_aug.train.texture", "TextureConfig"),
+    "layer": ("cxr_nodule_aug.train.layer", "LayerConfig"),
     "lung": ("cxr_nodule_aug.train.lung", "LungConfig"),
     "detector": ("cxr_nodule_aug.train.detector", "DetectorConfig"),
 }
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_nodule_aug.train.common import resolve_config
+    from cxr_nodule_aug.train.common import config_yaml, resolve_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module_name, config_name = TASKS[args.task]
@@ -47,11 +48,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     if args.print_config:
-        import dataclasses
-
-        import yaml
-
-        print(yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}, sort_keys=True))
+        print(config_yaml(cfg))
         return 0
     try:
         out = module.train(cfg)

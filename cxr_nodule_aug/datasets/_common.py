@@ -131,12 +131,64 @@ def lung_mask_filename(image_path: str | Path) -> str:
     return f"{Path(image_path).name.split('.')[0]}.png"
 
 
+def mask_file_names(dataset) -> list[str]:
+    """The mask file name (:func:`lung_mask_filename`) of every image of ``dataset`` (an
+    :class:`AnnotatedImages`), checked to be distinct: the names ``cxr-nodule-aug lungs`` and
+    ``cxr-nodule-aug masks`` write and the datasets read."""
+    if not isinstance(dataset, AnnotatedImages):
+        raise TypeError(f"dataset must be a NODE21/VinDr/JSRT/ChestX-ray14 dataset (AnnotatedImages), got {type(dataset).__name__}")
+    first: dict[str, Path] = {}
+    for _, path, _ in dataset.items:
+        name = lung_mask_filename(path)
+        if name in first:
+            raise ValueError(f"the images {str(first[name])!r} and {str(path)!r} both get the mask name {name!r} "
+                             "(the file name up to its first dot): a mask folder cannot tell them apart")
+        first[name] = Path(path)
+    return list(first)
+
+
+def nodule_mask_folder(path: str | Path) -> Path:
+    """The folder of labelled nodule masks ``path`` names: ``path/masks`` when ``path`` is a
+    ``cxr-nodule-aug masks`` output folder, else ``path`` itself. A ``FileNotFoundError`` when
+    neither holds a PNG."""
+    path = Path(path)
+    for folder in (path / "masks", path):
+        if folder.is_dir() and any(folder.glob("*.png")):
+            return folder
+    raise FileNotFoundError(f"masks={str(path)!r}: neither it nor its masks/ subfolder holds PNG nodule masks "
+                            "(make them from the boxes with: cxr-nodule-aug masks --data DIR --dataset KIND --out OUT)")
+
+
+def read_nodule_masks(path: Path, count: int, size: tuple[int, int], where: str) -> np.ndarray:
+    """(count, H, W) bool instance masks from a labelled PNG (0 background, k + 1 = the k-th box),
+    refused unless it is ``size`` and holds exactly the labels 1..count (a box without its mask
+    would be a label without a nodule)."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: nodule mask {path} not found (make it with: cxr-nodule-aug masks)")
+    with Image.open(path) as im:
+        arr = np.array(im)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    if arr.shape != tuple(size):
+        raise ValueError(f"{where}: nodule mask {path} is {arr.shape[1]}x{arr.shape[0]}, the image {size[1]}x{size[0]}")
+    labels = sorted(int(v) for v in np.unique(arr) if v != 0)
+    if labels != list(range(1, count + 1)):
+        raise ValueError(f"{where}: nodule mask {path} holds labels {labels[:10]}, expected 1..{count}, one per box "
+                         "(made for other boxes? rerun cxr-nodule-aug masks into a new folder)")
+    return np.stack([arr == k for k in range(1, count + 1)])
+
+
 class AnnotatedImages(torch.utils.data.Dataset):
     """Base: a list of (image_id, path, boxes_xyxy) read with :func:`cxr_nodule_aug.io.read_image`.
 
     ``lung_mask_dir``: optional folder of 8-bit masks named by :func:`lung_mask_filename` (nonzero =
     lung; ``cxr-nodule-aug lungs`` writes them); without it the target has no ``"lung_mask"``
     (real datasets ship none).
+
+    :meth:`use_nodule_masks` attaches box-derived instance masks (``cxr-nodule-aug masks``):
+    the target then has ``"masks"`` (N, H, W), one per box, in box order.
     """
 
     def __init__(self, items, transforms: Callable | None = None, lung_mask_dir: str | Path | None = None,
@@ -145,6 +197,14 @@ class AnnotatedImages(torch.utils.data.Dataset):
         self.transforms = transforms
         self.lung_mask_dir = Path(lung_mask_dir) if lung_mask_dir is not None else None
         self._reader = reader
+        self.nodule_mask_dir: Path | None = None
+
+    def use_nodule_masks(self, folder: str | Path) -> AnnotatedImages:
+        """Attach the labelled nodule masks in ``folder`` (a ``cxr-nodule-aug masks`` output, or
+        its ``masks/``): ``<name>.png`` per image with boxes, ``<name>`` as for lung masks, label
+        k + 1 = the image's k-th box. Returns ``self``."""
+        self.nodule_mask_dir = nodule_mask_folder(folder)
+        return self
 
     def __len__(self) -> int:
         return len(self.items)
@@ -170,5 +230,11 @@ class AnnotatedImages(torch.utils.data.Dataset):
             if not mpath.is_file():
                 raise FileNotFoundError(f"lung mask for {image_id!r} not found: {mpath}")
             lung = np.array(Image.open(mpath)) > 0
-        sample = make_sample(rad.to_tensor(), boxes, image_id, rad.pixel_spacing_mm, lung_mask=lung)
+        image = rad.to_tensor()
+        masks = None
+        if self.nodule_mask_dir is not None:
+            n, size = len(boxes), tuple(image.shape[-2:])
+            masks = (np.zeros((0, *size), bool) if n == 0 else
+                     read_nodule_masks(self.nodule_mask_dir / lung_mask_filename(path), n, size, f"image {image_id!r}"))
+        sample = make_sample(image, boxes, image_id, rad.pixel_spacing_mm, lung_mask=lung, masks=masks)
         return self.transforms(*sample) if self.transforms is not None else sample

@@ -125,7 +125,7 @@ def dataset_kind(kind: str) -> DatasetKind:
 
 
 def open_dataset(kind: str, root: str | Path, transforms: Callable | None = None, lung_mask_dir: str | Path | None = None,
-                 **options: Any) -> Dataset:
+                 nodule_masks: str | Path | None = None, **options: Any) -> Dataset:
     """The dataset of kind ``kind`` (a key of :data:`DATASET_KINDS`) rooted at ``root``.
 
     Args:
@@ -133,6 +133,8 @@ def open_dataset(kind: str, root: str | Path, transforms: Callable | None = None
         root: the dataset's root directory.
         transforms: ``transforms(image, target)`` applied to every sample.
         lung_mask_dir: a folder of lung masks (``cxr-nodule-aug lungs``) for kinds that take one.
+        nodule_masks: box-derived nodule masks (``cxr-nodule-aug masks`` output) for the
+            box-only kinds (those that take a lung mask folder): targets get instance ``masks``.
         **options: passed to the dataset class (e.g. ``return_pair=True`` for SimCXR).
 
     Raises:
@@ -145,7 +147,12 @@ def open_dataset(kind: str, root: str | Path, transforms: Callable | None = None
     if lung_mask_dir is not None:
         check_lung_mask_folder(kind, lung_mask_dir)
         options["lung_mask_dir"] = lung_mask_dir
-    return entry.open(Path(root), transforms=transforms, **options)
+    if nodule_masks is not None and not entry.lung_mask_folder:
+        raise ValueError(f"a {kind} dataset ships its own nodule masks and takes no masks= folder")
+    dataset = entry.open(Path(root), transforms=transforms, **options)
+    if nodule_masks is not None:
+        dataset.use_nodule_masks(nodule_masks)
+    return dataset
 
 
 def check_lung_mask_folder(kind: str, lung_mask_dir: str | Path) -> None:

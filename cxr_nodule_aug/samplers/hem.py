@@ -22,6 +22,20 @@ def _unit_of(attribute: str) -> str | None:
     return None
 
 
+def _from_mining(name: str):
+    """``cxr_nodule_aug.detection.mining.<name>``, imported on the first call: its signature and
+    documentation stay in one place."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        from cxr_nodule_aug.detection import mining
+
+        return getattr(mining, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f":func:`cxr_nodule_aug.detection.mining.{name}` (imported when called)."
+    return call
+
+
 class HEMSampler:
     """Draws nodule attributes uniformly from the nodules a detector missed.
 
@@ -112,34 +126,10 @@ class HEMSampler:
             raise ValueError(f"unit must be 'mm' or 'px', got {unit!r}")
         return cls({f"diameter_{unit}": diameters}, bandwidth=bandwidth)
 
-    @staticmethod
-    def nodule_outcomes(
-        predictions: Sequence[Mapping[str, Any]],
-        targets: Sequence[Mapping[str, Any]],
-        iou_threshold: float = 0.2,
-        score_threshold: float = 0.5,
-        pixel_spacing_mm: float | Sequence[float | None] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """One row per ground-truth nodule, detected or not:
-        :func:`cxr_nodule_aug.detection.mining.nodule_outcomes` (eval's one-to-one matching; sizes
-        in the original image frame; each target's own ``pixel_spacing_mm``)."""
-        from cxr_nodule_aug.detection.mining import nodule_outcomes
-
-        return nodule_outcomes(predictions, targets, iou_threshold, score_threshold, pixel_spacing_mm)
-
-    @staticmethod
-    def find_missed(
-        predictions: Sequence[Mapping[str, Any]],
-        targets: Sequence[Mapping[str, Any]],
-        iou_threshold: float = 0.2,
-        score_threshold: float = 0.5,
-        pixel_spacing_mm: float | Sequence[float | None] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """The rows of :meth:`nodule_outcomes` for the nodules that were not detected (without
-        the ``detected`` column)."""
-        from cxr_nodule_aug.detection.mining import find_missed
-
-        return find_missed(predictions, targets, iou_threshold, score_threshold, pixel_spacing_mm)
+    # The mining itself lives in cxr_nodule_aug.detection.mining (one definition of "detected",
+    # eval's matcher); these are its functions, imported when called (detection imports torchvision).
+    nodule_outcomes = staticmethod(_from_mining("nodule_outcomes"))
+    find_missed = staticmethod(_from_mining("find_missed"))
 
     @classmethod
     def from_detections(

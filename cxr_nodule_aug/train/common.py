@@ -10,6 +10,10 @@ function that builds data and models, then hands one *step function* to :func:`t
         out: str = "runs/mine"          # redeclare a field to change its default
         base_width: int = 16            # the trainer's own fields
 
+        def check(self) -> None:        # runs on every construction: bad values fail early
+            super().check()             # steps, batch_size, lr, workers ...
+            common.check_value(self, "base_width", minimum=1)
+
     def train(cfg: MyConfig) -> Path:
         d, out = common.start_run(cfg)                # DDP, seeds, <out>/config.yaml
         loader = common.make_loader(cfg, dataset, d)  # batch_size, workers, seeded shuffle
@@ -26,6 +30,10 @@ function that builds data and models, then hands one *step function* to :func:`t
             model.save_pretrained(out / "model")
         common.cleanup(d)
         return out / "model"
+
+``samples=`` (a function returning an image grid) adds ``samples/stepNNNNNN.png``. To make it a
+``cxr-nodule-aug train NAME`` task, add it to ``TASKS`` in :mod:`cxr_nodule_aug.cli.train` and
+bundle ``train/configs/NAME-cpu.yaml`` (tests resolve every bundled config against its task).
 
 Everything that must survive a resume goes into ``modules`` / ``optimizers`` / ``schedulers``;
 random draws inside ``step`` use the global generators (torch, numpy, python), which the
@@ -105,6 +113,101 @@ class RunConfig:
 
     renamed: ClassVar[Mapping[str, str]] = RENAMED_KEYS
 
+    def __post_init__(self) -> None:
+        """Every field has its default's type (a bad value fails here, naming the field, not
+        steps later), then :meth:`check`. A subclass adds its own bounds in ``check``."""
+        for f in dataclasses.fields(self):
+            if f.default is dataclasses.MISSING:
+                continue
+            value, like = getattr(self, f.name), f.default
+            if isinstance(value, str) and value != (value := _number_from_text(value, like)):
+                setattr(self, f.name, value)
+            if isinstance(like, tuple) and isinstance(value, list):
+                value = tuple(value)
+                setattr(self, f.name, value)
+            elif isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, f.name, value)
+            if type(value) is not type(like):
+                kind = type(like).__name__
+                raise ValueError(f"{f.name}={value!r}: expected {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
+        self.check()
+
+    def check(self) -> None:
+        """Bounds of the run fields; subclasses call ``super().check()`` and :func:`check_value`."""
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            check_value(self, name, minimum=1)
+        for name in ("workers", "seed", "sample_every"):
+            check_value(self, name, minimum=0)
+        check_value(self, "lr", above=0)
+
+
+@dataclasses.dataclass
+class AdversarialConfig(RunConfig):
+    """:class:`RunConfig` for a generator trained against a discriminator (shape, texture,
+    layer): ``lr`` is the generator's learning rate, ``d_lr`` the discriminator's; ``betas``
+    both Adams'; ``base_width`` the generator's width, ``d_width`` the discriminator's."""
+
+    d_lr: float = 1e-5
+    betas: tuple = (0.5, 0.999)
+    base_width: int = 16
+    d_width: int = 32
+
+    def check(self) -> None:
+        super().check()
+        check_value(self, "d_lr", above=0)
+        check_value(self, "betas", minimum=0, below=1)
+        check_value(self, "base_width", minimum=1)
+        check_value(self, "d_width", minimum=1)
+
+
+@dataclasses.dataclass
+class PatchConfig(AdversarialConfig):
+    """:class:`AdversarialConfig` for the models that fill a nodule patch cut by inference's
+    cut (texture, layer): ``patch_size`` and ``max_fill`` as the engine cuts, ``num_stages``
+    (coarse-to-fine), L1 weights on the coarse and fine outputs and the adversarial weight,
+    a learning-rate drop (10x, both models) at ``lr_drop_step``, the held-out fraction of
+    images, the nodule's ``jitter`` in its window (a fraction of the window) and the per-patch
+    intensity augmentation (``gamma_range``, ``contrast_range``; (1, 1) switches each off)."""
+
+    lr_drop_step: int = 4500
+    num_stages: int = 2
+    patch_size: int = 64
+    max_fill: float = 0.5
+    w_l1_coarse: float = 1.0
+    w_l1_fine: float = 1.0
+    w_adversarial: float = 1.0
+    holdout_fraction: float = 0.1
+    jitter: float = 0.125
+    gamma_range: tuple = (0.3, 1.5)
+    contrast_range: tuple = (0.7, 1.2)
+
+    def check(self) -> None:
+        super().check()
+        check_value(self, "num_stages", minimum=1)
+        check_value(self, "patch_size", minimum=1)
+        for name in ("lr_drop_step", "w_l1_coarse", "w_l1_fine", "w_adversarial", "jitter"):
+            check_value(self, name, minimum=0)
+        check_value(self, "max_fill", above=0, maximum=1)
+        check_value(self, "holdout_fraction", minimum=0, below=1)
+        check_value(self, "gamma_range", above=0)
+        check_value(self, "contrast_range", minimum=0)
+
+
+def check_value(cfg: Any, name: str, *, minimum: float | None = None, above: float | None = None,
+                maximum: float | None = None, below: float | None = None) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``cfg.<name>`` is finite and within the
+    bounds (``minimum``/``maximum`` inclusive, ``above``/``below`` strict); a tuple's every item."""
+    value = getattr(cfg, name)
+    for v in value if isinstance(value, tuple) else (value,):
+        bad = (not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or v in (float("inf"), float("-inf"))
+               or (minimum is not None and v < minimum) or (above is not None and v <= above)
+               or (maximum is not None and v > maximum) or (below is not None and v >= below))
+        if bad:
+            wants = [f">= {minimum:g}" if minimum is not None else "", f"> {above:g}" if above is not None else "",
+                     f"<= {maximum:g}" if maximum is not None else "", f"< {below:g}" if below is not None else ""]
+            raise ValueError(f"{name}={value!r}: expected {'values' if isinstance(value, tuple) else 'a number'} {' and '.join(w for w in wants if w)}")
+
 
 def _check_key(key: str, fields: Mapping[str, Any], renamed: Mapping[str, str], where: str) -> None:
     if key in fields:
@@ -119,6 +222,7 @@ def _coerce(value: str, like: Any) -> Any:
     parsed = yaml.safe_load(value)
     if like is None or parsed is None:
         return parsed
+    parsed = _number_from_text(parsed, like)
     if isinstance(like, bool):
         if not isinstance(parsed, bool):
             raise ValueError(f"expected true/false, got {value!r}")
@@ -132,6 +236,17 @@ def _coerce(value: str, like: Any) -> Any:
     if type(parsed) is not type(like):
         raise ValueError(f"expected a {type(like).__name__}, got {value!r}")
     return parsed
+
+
+def _number_from_text(value: Any, like: Any) -> Any:
+    """``"1e-4"`` (which YAML 1.1 reads as text) as the number a numeric field wants."""
+    if isinstance(value, str) and isinstance(like, (int, float)) and not isinstance(like, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if isinstance(like, int) and number.is_integer() else number
+    return value
 
 
 def resolve_config(cls: type[C], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> C:
@@ -162,11 +277,29 @@ def resolve_config(cls: type[C], path: str | os.PathLike | None = None, override
     return dataclasses.replace(defaults, **values)  # type: ignore[type-var]
 
 
+def config_yaml(config: Any) -> str:
+    """The config as YAML (keys sorted, tuples as lists): what ``--print-config`` prints and
+    ``<out>/config.yaml`` holds, and what ``--config FILE`` reads back."""
+    data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+    return yaml.safe_dump(data, sort_keys=True)
+
+
 def write_config(config: Any, out_dir: Path) -> Path:
     path = out_dir / "config.yaml"
-    data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
-    path.write_text(yaml.safe_dump(data, sort_keys=True))
+    path.write_text(config_yaml(config))
     return path
+
+
+def cached(path: Path, d: Dist, make: Callable[[], Any]) -> Any:
+    """``make()``'s result (tensors and containers), saved to ``path`` by rank 0 the first time
+    and loaded from it when the file exists: a resumed run gets the same training pairs without
+    re-reading the data."""
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    value = make()
+    if d.is_main:
+        torch.save(value, path)
+    return value
 
 
 # --- distributed -------------------------------------------------------------------------------

@@ -76,6 +76,19 @@ class DetectorConfig(common.RunConfig):
     worker_niceness: int = 0
     eval_every: int = 500
 
+    def check(self) -> None:
+        super().check()
+        for name in ("anchor_size", "fpn_channels", "box_head_width", "eval_every"):
+            common.check_value(self, name, minimum=1)
+        common.check_value(self, "image_size", minimum=16)
+        for name in ("weight_decay", "warmup_steps", "grad_clip", "augment_contrast"):
+            common.check_value(self, name, minimum=0)
+        common.check_value(self, "holdout_fraction", minimum=0, below=1)
+        common.check_value(self, "shift", minimum=0, below=1)
+        common.check_value(self, "augment_p", minimum=0, maximum=1)
+        # 0: workers at normal priority; 1 (slightly lower) to 19 (lowest), see LowPriorityWorkers
+        common.check_value(self, "worker_niceness", minimum=0, maximum=19)
+
 
 class Augmented(Dataset):
     """Applies ``transform(image, target)`` to each sample of ``base`` (a view, nothing cached)."""
@@ -196,9 +209,7 @@ def build_loader(cfg: DetectorConfig, data: Dataset, d: common.Dist | None = Non
     """The training DataLoader: ``cfg.workers`` workers (persistent), at ``cfg.worker_niceness`` when > 0."""
     from cxr_nodule_aug.datasets import LowPriorityWorkers
 
-    niceness = cfg.worker_niceness
-    if isinstance(niceness, bool) or not isinstance(niceness, int) or not 0 <= niceness <= 19:
-        raise ValueError(f"worker_niceness={niceness!r}: expected an int, 0 (off) or 1 (slightly lower priority) to 19 (lowest)")
+    niceness = cfg.worker_niceness  # checked by DetectorConfig
     if niceness and cfg.workers == 0:
         log.info("worker_niceness=%d has no effect with workers=0: the augmentation runs in the training process", niceness)
     return common.make_loader(cfg, data, d, collate_fn=detection_collate, persistent_workers=cfg.workers > 0,

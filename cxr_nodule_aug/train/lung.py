@@ -58,6 +58,14 @@ class LungConfig(common.RunConfig):
     # Start from these weights (a from_pretrained source; same architecture) instead of scratch.
     init: str = ""
 
+    def check(self) -> None:
+        super().check()
+        for name in ("base_width", "depth", "input_size"):
+            common.check_value(self, name, minimum=1)
+        common.check_value(self, "holdout_fraction", minimum=0, below=1)
+        common.check_value(self, "opacity_p", minimum=0, maximum=1)
+        common.check_value(self, "neck_p", minimum=0, maximum=1)
+
 
 def prepare_pairs(samples: Iterable[tuple[torch.Tensor, dict[str, Any]]], size: int, lung_key: str = "lung_mask") -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 2S, 2S) in [0, 1] (working window) and masks (N, 1, 2S, 2S), kept at twice

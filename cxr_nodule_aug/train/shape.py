@@ -5,6 +5,7 @@ nodule; a labelled file (values 1, 2, ...) holds one nodule per value, as SimCXR
 ``masks/*_nodules.png`` do. ``pattern`` picks the files. Or ``data=lidc:SPLIT`` (train, val,
 test): the coronal silhouettes of the LIDC-IDRI nodules of that split (readers' >= 50 %
 consensus, coronal diameter >= ``lidc_min_diameter_mm``; needs the ``lidc`` extra).
+Or ``masks=OUT``: the pseudo masks ``cxr-nodule-aug masks`` derived from a box-only dataset.
 Each mask is size-modulated to ``norm_diameter_px`` on a ``norm_canvas`` grid, then resized to
 ``image_size`` (the paper: 100 px on 256, then 128 x 128).
 """
@@ -29,19 +30,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class ShapeConfig(common.RunConfig):
-    """:class:`~cxr_nodule_aug.train.common.RunConfig` plus the shape GAN's fields. ``lr`` is
-    G's learning rate, ``d_lr`` D's; ``base_width`` G's channels at 4 x 4 (the paper's 512),
-    ``d_width`` D's widest layer."""
+class ShapeConfig(common.AdversarialConfig):
+    """:class:`~cxr_nodule_aug.train.common.AdversarialConfig` plus the shape GAN's fields.
+    ``lr`` is G's learning rate, ``d_lr`` D's; ``base_width`` G's channels at 4 x 4 (the
+    paper's 512), ``d_width`` D's widest layer. ``masks``: a ``cxr-nodule-aug masks`` output
+    folder (box-only data), in place of ``data``."""
 
+    masks: str = ""
     out: str = "runs/shape"
     steps: int = 4000
     batch_size: int = 16
-    lr: float = 1e-4
-    d_lr: float = 1e-5
     pattern: str = "*.png"
     lidc_min_diameter_mm: float = 5.0
-    betas: tuple = (0.5, 0.999)
     latent_dim: int = 100
     base_width: int = 512
     d_width: int = 512
@@ -64,6 +64,13 @@ class ShapeConfig(common.RunConfig):
     # The generator's mean filter before its 0.5 threshold (ShapeGenerator's ``smooth``; saved
     # with the model): 3 = as before, 1 = none.
     smooth: int = 3
+
+    def check(self) -> None:
+        super().check()
+        for name in ("latent_dim", "image_size", "norm_canvas"):
+            common.check_value(self, name, minimum=1)
+        common.check_value(self, "norm_diameter_px", above=0)
+        common.check_value(self, "lidc_min_diameter_mm", minimum=0)
 
 
 def read_masks(path: Path) -> list[torch.Tensor]:
@@ -191,9 +198,26 @@ class LIDCSilhouettes(MaskFolder):
         self.files = []
 
 
+def mask_source(cfg: ShapeConfig) -> tuple[str, str]:
+    """(folder, file pattern): ``cfg.data`` and ``cfg.pattern``, or the mask folder of
+    ``cfg.masks`` (a ``cxr-nodule-aug masks`` output) and every PNG in it."""
+    if not cfg.masks:
+        return cfg.data, cfg.pattern
+    if cfg.data:
+        raise ValueError(f"give data= (a folder of mask PNGs or lidc:SPLIT) or masks= (a cxr-nodule-aug masks output), not both: "
+                         f"data={cfg.data!r}, masks={cfg.masks!r}")
+    from cxr_nodule_aug.datasets import nodule_mask_folder
+
+    return str(nodule_mask_folder(cfg.masks)), "*.png"
+
+
 def open_shape_data(cfg: ShapeConfig, augment: bool | None = None) -> MaskFolder:
-    """The training masks ``cfg.data`` names: a folder of PNG masks, or ``lidc:SPLIT``."""
+    """The training masks ``cfg.data`` names: a folder of PNG masks, or ``lidc:SPLIT``; or
+    ``cfg.masks``' pseudo masks."""
     augment = cfg.augment if augment is None else augment
+    if cfg.masks:
+        folder, pattern = mask_source(cfg)
+        return MaskFolder(folder, cfg.image_size, cfg.norm_diameter_px, cfg.norm_canvas, augment, pattern)
     if str(cfg.data).startswith("lidc:"):
         split = str(cfg.data).split(":", 1)[1]
         from cxr_nodule_aug.lidc import SPLITS
@@ -255,9 +279,10 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def train(cfg: ShapeConfig) -> Path:
-    root = Path(cfg.data)
+    folder, pattern = mask_source(cfg)
+    root = Path(folder)
     if root.is_dir():  # refuse a folder that is not masks before the run folder is made
-        check_mask_files(root, sorted(root.rglob(cfg.pattern)))
+        check_mask_files(root, sorted(root.rglob(pattern)))
     d, out = common.start_run(cfg)
 
     data = open_shape_data(cfg)

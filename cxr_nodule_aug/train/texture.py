@@ -37,36 +37,29 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class TextureConfig(common.RunConfig):
-    """:class:`~cxr_nodule_aug.train.common.RunConfig` plus the inpainter's fields. ``lr`` is
-    G's learning rate, ``d_lr`` D's (the paper: a tenth); both drop 10x at ``lr_drop_step``."""
+class TextureConfig(common.PatchConfig):
+    """:class:`~cxr_nodule_aug.train.common.PatchConfig` (its defaults are this trainer's) plus
+    the inpainter's own fields. ``lr`` is G's learning rate, ``d_lr`` D's (the paper: a tenth);
+    both drop 10x at ``lr_drop_step``. ``dataset``: the kind of ``data`` (default a SimCXR
+    export); a box-only kind needs ``masks``, a ``cxr-nodule-aug masks`` output folder."""
 
+    dataset: str = "simcxr"
+    masks: str = ""
     out: str = "runs/texture"
     steps: int = 6000
-    batch_size: int = 8
-    lr: float = 1e-4
-    d_lr: float = 1e-5
     generator: str = "gated"  # "gated" (the paper) or "partial_conv" (the Syn&Select baseline)
-    lr_drop_step: int = 4500
-    betas: tuple = (0.5, 0.999)
-    base_width: int = 16
-    d_width: int = 32
-    num_stages: int = 2
-    patch_size: int = 64
     mask_type: str = "shape"
-    max_fill: float = 0.5
-    w_l1_coarse: float = 1.0
-    w_l1_fine: float = 1.0
     w_perceptual: float = 1.0
-    w_adversarial: float = 1.0
-    backbone: str = "efficientnet-lite0"
-    holdout_fraction: float = 0.1
-    jitter: float = 0.125
-    gamma_range: tuple = (0.3, 1.5)  # per-patch intensity augmentation; (1, 1) switches it off
-    contrast_range: tuple = (0.7, 1.2)
+    backbone: str = "efficientnet-lite0"  # the perceptual loss's feature extractor
     # "auto": the saved model maps each patch's context to the training patches' median context
     # mean/std (TextureGenerator's context_norm); "none": save it without.
     context_norm: str = "auto"
+
+    def check(self) -> None:
+        super().check()
+        common.check_value(self, "w_perceptual", minimum=0)
+        if self.context_norm not in ("auto", "none"):
+            raise ValueError(f"context_norm={self.context_norm!r}: expected 'auto' or 'none'")
 
 
 def context_statistics(patches: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
@@ -190,15 +183,22 @@ def split_by_image(pairs: dict[str, torch.Tensor], holdout_fraction: float) -> t
 
 
 def load_pairs(data: str, cfg: TextureConfig) -> dict[str, torch.Tensor]:
-    """Pairs from a cache (``.pt`` written by this function) or a SimCXR export directory."""
+    """Pairs from a cache (``.pt`` written by this function), a SimCXR export directory, or a
+    box-only dataset (``cfg.dataset``) with the pseudo masks of ``cfg.masks``."""
     path = Path(data)
     if path.suffix == ".pt":
         return torch.load(path, weights_only=True)
     if not path.is_dir():
-        raise FileNotFoundError(f"data={data!r} is neither a SimCXR export directory nor a .pt pairs file")
-    from cxr_nodule_aug.datasets import SimCXRDataset
+        raise FileNotFoundError(f"data={data!r} is neither a dataset directory nor a .pt pairs file")
+    from cxr_nodule_aug.datasets import SimCXRDataset, open_dataset
 
-    dataset = SimCXRDataset(path, subset="nodule")
+    if cfg.dataset != "simcxr" or cfg.masks:
+        if not cfg.masks:
+            raise ValueError(f"dataset={cfg.dataset!r} has boxes, not nodule masks: derive them with 'cxr-nodule-aug masks --data {data} "
+                             f"--dataset {cfg.dataset} --out OUT' and pass masks=OUT")
+        dataset = open_dataset(cfg.dataset, path, nodule_masks=cfg.masks)
+    else:
+        dataset = SimCXRDataset(path, subset="nodule")
     return extract_patches(
         (dataset[i] for i in range(len(dataset))),
         cfg.patch_size,
@@ -210,18 +210,10 @@ def load_pairs(data: str, cfg: TextureConfig) -> dict[str, torch.Tensor]:
 
 
 def train(cfg: TextureConfig, pairs: dict[str, torch.Tensor] | None = None) -> Path:
-    if cfg.context_norm not in ("auto", "none"):
-        raise ValueError(f"context_norm={cfg.context_norm!r}: expected 'auto' or 'none'")
     d, out = common.start_run(cfg)
 
     if pairs is None:
-        cache = out / "pairs.pt"
-        if cache.exists():  # resuming: the same pairs, without re-reading the images
-            pairs = torch.load(cache, weights_only=True)
-        else:
-            pairs = load_pairs(cfg.data, cfg)
-            if d.is_main:
-                torch.save(pairs, cache)
+        pairs = common.cached(out / "pairs.pt", d, lambda: load_pairs(cfg.data, cfg))
     train_pairs, held = split_by_image(pairs, cfg.holdout_fraction)
     if d.is_main:
         (out / "split.json").write_text(json.dumps({"train_images": sorted(set(train_pairs["image_index"].tolist())), "holdout_images": sorted(set(held["image_index"].tolist())), "train_pairs": len(train_pairs["patch"]), "holdout_pairs": len(held["patch"])}))

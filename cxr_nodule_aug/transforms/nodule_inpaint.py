@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from cxr_nodule_aug.functional.insertion import place_nodules
 from cxr_nodule_aug.functional.placement import check_diameters_fit, mask_bbox_hw
+from cxr_nodule_aug.models.layer import DEFAULT_DENSITY
 from cxr_nodule_aug.records import NoduleRecord
 from cxr_nodule_aug.samplers import resolve_sampler
 from cxr_nodule_aug.samplers.base import IntUniform, as_sampler, draw, draw_with_attributes
+from cxr_nodule_aug.samplers.density import as_density_sampler, draw_densities
 from cxr_nodule_aug.synthesizer import ModelSpec, NoduleSynthesizer
 from cxr_nodule_aug.transforms._base import NoduleTransformBase, build_synthesizer
 
@@ -52,7 +54,14 @@ class NoduleInpaint(NoduleTransformBase):
         shape_model, texture_model, lung_model: models or sources overriding ``weights``.
             ``lung_model=False`` disables the lung model (then every sample needs a lung mask).
         composition: how the nodule's pixels are made (``"replace"``: the paper's inpainting;
-            the modes are :data:`cxr_nodule_aug.synthesizer.COMPOSITIONS`).
+            ``"additive"``: the nodule's layer added to the anatomy behind it, from the
+            weights' ``layer/`` model; the modes are :data:`cxr_nodule_aug.synthesizer.COMPOSITIONS`).
+        density: for ``composition="additive"``: the density class of each nodule
+            (``"ground_glass"``, ``"part_solid"``, ``"solid"``, ``"calcified"``): a class name,
+            a sequence of names (uniform choice), a ``{name: weight}`` dict or any sampler
+            ``sampler(n, generator=None) -> list[str]``; default ``"solid"``. Recorded in each
+            :class:`NoduleRecord` (``density``), so the records replay. The replace mode takes
+            no density (passing one is an error).
         pixel_spacing_mm: spacing to use when the target has none.
         gap_px: minimum clearance between a new nodule's box and any other box.
         generator: CPU ``torch.Generator`` for every random choice. ``None`` uses torch's global
@@ -99,6 +108,7 @@ class NoduleInpaint(NoduleTransformBase):
         device: torch.device | str | None = None,
         compile_texture: bool = False,
         composition: str = "replace",
+        density: str | Sequence[str] | Mapping[str, float] | Callable[..., list[str]] | None = None,
         synthesizer: NoduleSynthesizer | None = None,
         on_failure: str = "raise",
         **keys: str,
@@ -125,6 +135,12 @@ class NoduleInpaint(NoduleTransformBase):
         synthesizer = build_synthesizer(synthesizer, weights=weights, shape_model=shape_model, texture_model=texture_model, lung_model=lung_model,
                                         device=device, compile_texture=compile_texture, composition=composition)
         super().__init__(synthesizer=synthesizer, **keys)
+        if synthesizer.composition == "additive":
+            self.density = as_density_sampler(DEFAULT_DENSITY if density is None else density)
+        elif density is not None:
+            raise ValueError(f"density={density!r} applies to composition='additive' (a layer model's condition); this transform's composition is {synthesizer.composition!r}")
+        else:
+            self.density = None
         self.diameters = as_sampler(diameters, "diameters", unit=unit)
         self.unit = unit
         self.num_nodules = IntUniform(*num_nodules, name="num_nodules")
@@ -140,7 +156,8 @@ class NoduleInpaint(NoduleTransformBase):
             self.pixel_spacing_mm({}, pixel_spacing_mm)  # validate now
 
     def extra_repr(self) -> str:
-        return f"diameters={self.diameters!r}, unit={self.unit!r}, num_nodules={self.num_nodules!r}, p={self.p}, label={self.label}, on_failure={self.on_failure!r}"
+        density = "" if self.density is None else f", density={self.density!r}"
+        return f"diameters={self.diameters!r}, unit={self.unit!r}, num_nodules={self.num_nodules!r}, p={self.p}, label={self.label}{density}, on_failure={self.on_failure!r}"
 
     def check_inputs(self, flat_inputs: list[Any]) -> None:
         # Whatever the draw of p decides: a sample this transform could never augment is refused.
@@ -181,6 +198,8 @@ class NoduleInpaint(NoduleTransformBase):
         sizes, attributes = draw_with_attributes(self.diameters, n, g, "diameters")
         contrasts = draw(self.contrast, n, g, "contrast")
         seeds = torch.randint(0, _SEED_HIGH, (n,), generator=g).tolist()
+        # Drawn only for the additive mode (replace's random stream stays as it was).
+        densities = draw_densities(self.density, n, g) if self.density is not None else [None] * n
         spacing = self.pixel_spacing_mm(target, self.default_spacing)
         if self.unit == "mm":  # (check_inputs made sure the spacing is known)
             sizes = sizes / ((spacing[0] + spacing[1]) / 2)
@@ -202,9 +221,10 @@ class NoduleInpaint(NoduleTransformBase):
                 contrast=float(k),
                 label=self.label,
                 diameter_mm=None if mm_per_px is None else round(d * mm_per_px, 4),
+                density=dn,
                 attributes=None if attributes is None else attributes[i],
             )
-            for i, (c, d, s, k) in enumerate(zip(centres, diameters_px, seeds, contrasts.tolist()))
+            for i, (c, d, s, k, dn) in enumerate(zip(centres, diameters_px, seeds, contrasts.tolist(), densities))
         ]
         # The records are the whole decision (plain data; InsertNodules(records) replays them);
         # the footprints and the working image are a cache of this sample's insertion.
