@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 
 from cxr_nodule_aug.cli import main
 from cxr_nodule_aug.datasets import Node21Dataset, SimCXRDataset, open_dataset
 from cxr_nodule_aug.functional.extraction import extract_nodules, inscribed_ellipse, labelled_mask
+from cxr_nodule_aug.transforms import NoduleInpaint
 from tests.conftest import tiny_sim_export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +82,48 @@ def test_labelled_mask_gives_each_box_its_label():
     es = extract_nodules(image, [[31.0, 41.0, 50.0, 60.0], [5.0, 5.0, 15.0, 15.0]])
     lab = labelled_mask(es, 96, 96)
     assert lab.dtype == np.uint8 and set(np.unique(lab)) == {0, 1, 2}
+
+
+def test_box_layer_pairs_are_the_clipped_residual_on_the_estimated_background():
+    """Box-only layer pairs: context = the image with the box's background under the mask, layer =
+    the residual clipped at 0 inside the mask, 0 outside; density solid unless recorded."""
+    from cxr_nodule_aug.functional.intensity import to_working
+    from cxr_nodule_aug.models.layer import DENSITY_CLASSES
+    from cxr_nodule_aug.train.layer import box_only_layers, extract_box_layer_pairs
+
+    image, truth = _blob_image()
+    before = image.clone()
+    boxes = torch.tensor([[31.0, 41.0, 50.0, 60.0]])
+    (e,) = extract_nodules(image, boxes)
+    masks = e.full_mask(96, 96)[None]
+    gray, lo, hi = to_working(image)
+    free, nodule = box_only_layers(image, boxes, masks)
+    assert torch.equal(image, before)
+    m = masks[0]
+    assert torch.equal(free[~m], gray[~m]) and torch.equal(nodule[~m], gray[~m])
+    x0, y0, x1, y1 = e.window_xyxy
+    assert torch.allclose(free[y0:y1, x0:x1][e.mask], e.background[e.mask])
+    assert torch.allclose((nodule - free)[y0:y1, x0:x1][e.mask], e.residual.clamp(min=0)[e.mask])
+    # The estimated layer is close to the true one: the disc's chord profile, 3000 grey levels high.
+    true_peak = 3000.0 / float(hi - lo)
+    assert abs(float((nodule - free).max()) - true_peak) < 0.25 * true_peak
+
+    pairs = extract_box_layer_pairs([(image, {"boxes": boxes, "masks": masks})], 32, 0.5)
+    assert pairs["context"].shape == pairs["layer"].shape == pairs["mask"].shape == (1, 1, 32, 32)
+    assert (pairs["layer"] >= 0).all() and (pairs["layer"] > 0).any()
+    assert (pairs["layer"][pairs["mask"] == 0] == 0).all()
+    assert torch.allclose(pairs["nodule"] - pairs["context"], pairs["layer"], atol=1e-5)  # cut unresampled here
+    assert DENSITY_CLASSES[int(pairs["density"][0])] == "solid"
+    recorded = extract_box_layer_pairs([(image, {"boxes": boxes, "masks": masks, "density": ["ground_glass"]})], 32, 0.5)
+    assert DENSITY_CLASSES[int(recorded["density"][0])] == "ground_glass"
+    with pytest.raises(ValueError, match="density"):
+        extract_box_layer_pairs([(image, {"boxes": boxes, "masks": masks, "density": ["glassy"]})], 32, 0.5)
+    with pytest.raises(ValueError, match="nodule_masks="):
+        extract_box_layer_pairs([(image, {"boxes": boxes})], 32, 0.5)
+    outside = torch.zeros_like(masks)
+    outside[0, 5:10, 5:10] = True
+    with pytest.raises(ValueError, match="outside its box"):
+        box_only_layers(image, boxes, outside)
 
 
 # ---- a NODE21-layout copy of a tiny SimCXR export: boxes only ----------------------------------
@@ -189,8 +233,13 @@ def test_texture_training_on_box_only_data_asks_for_masks(node21, tmp_path, caps
     assert "cxr-nodule-aug masks" in capsys.readouterr().err
 
 
+def test_layer_training_on_box_only_data_asks_for_masks(node21, tmp_path, capsys):
+    assert main(["train", "layer", f"data={node21}", "dataset=node21", f"out={tmp_path / 'l'}", "steps=1"]) == 1
+    assert "cxr-nodule-aug masks" in capsys.readouterr().err
+
+
 def test_box_only_end_to_end(node21, masks, tmp_path):
-    """masks -> train shape -> train texture -> export -> train detector -> hem -> synthesize (with the
+    """masks -> train shape -> train texture -> train layer (loaded by NoduleInpaint, additive) -> export -> train detector -> hem -> synthesize (with the
     box-only models) -> predict -> eval, every command through the CLI, tiny models."""
     runs = tmp_path / "runs"
     assert main(["train", "shape", "--config", "shape-cpu", f"masks={masks}", f"out={runs / 'shape'}", "steps=2", "base_width=16", "d_width=16",
@@ -199,7 +248,21 @@ def test_box_only_end_to_end(node21, masks, tmp_path):
                  "base_width=4", "d_width=8", "patch_size=32", "batch_size=2", "w_perceptual=0", "holdout_fraction=0",
                  "sample_every=2", "checkpoint_every=2"]) == 0
     split = json.loads((runs / "texture" / "split.json").read_text())
-    assert split["train_pairs"] == len(list(csv.DictReader(open(masks / "nodules.csv"))))
+    n_boxes = len(list(csv.DictReader(open(masks / "nodules.csv"))))
+    assert split["train_pairs"] == n_boxes
+    # the additive layer model from the same boxes and masks; it loads and inserts a nodule
+    assert main(["train", "layer", "--config", "layer-cpu", f"data={node21}", "dataset=node21", f"masks={masks}", f"out={runs / 'layer'}",
+                 "steps=2", "base_width=4", "patch_size=32", "batch_size=2", "holdout_fraction=0", "sample_every=2", "checkpoint_every=2"]) == 0
+    layer_split = json.loads((runs / "layer" / "split.json").read_text())
+    assert layer_split["train_pairs"] == n_boxes and layer_split["train_density_counts"]["solid"] == n_boxes
+    tf = NoduleInpaint((10.0, 20.0), p=1.0, shape_model=runs / "shape" / "model", texture_model=runs / "layer" / "model", lung_model=False,
+                       composition="additive", generator=torch.Generator().manual_seed(0))
+    image, target = open_dataset("node21", node21)[0]
+    target["lung_mask"] = tv_tensors.Mask(torch.ones(image.shape[-2:], dtype=torch.bool))
+    out, out_target = tf(image, target)
+    assert len(out_target["boxes"]) > len(target["boxes"]) and out_target["nodules"][0].density == "solid"
+    diff = out.as_subclass(torch.Tensor).int() - image.as_subclass(torch.Tensor).int()
+    assert (diff >= 0).all() and (diff > 0).any()
     weights = tmp_path / "my-weights"
     assert main(["export", str(runs / "shape"), "--name", "shape", "--weights-dir", str(weights)]) == 0
     assert main(["export", str(runs / "texture"), "--name", "texture", "--weights-dir", str(weights)]) == 0

@@ -1,14 +1,15 @@
 """Same records, same pixels: the shipped replace-mode pipeline, pinned bit for bit on the CPU.
 
-The hashes were computed on main at 3d8516a (before the synthesis engine was introduced), so any
-refactor of the insertion pipeline must leave these outputs unchanged.
+The outputs were regenerated with ``scripts/pin_replay.py`` when the shipped shape model became
+the LIDC-IDRI-trained one (branch shapes; a new shape model legitimately changes every nodule);
+any refactor of the insertion pipeline must leave them unchanged.
 
 Floating-point results differ between CPU families (the convolutions take other vector paths),
-so one hash per family is recorded, each computed with the pre-refactor code on that family:
-the first on the machine of 3d8516a, the second on an AMD EPYC at 283a094 (same code as
-3d8516a in the insertion path). On a CPU whose hash is not listed, the pixels inside the nodule
-boxes are compared with the crops stored in ``data/pinned_replay_rg1.npz`` (computed on the AMD
-EPYC) to within one step of the dtype, and every pixel outside the boxes must be the input's.
+so one hash per family is recorded: so far only the AMD EPYC's the script ran on (the hashes of
+the previous model on two families are gone with it). On a CPU whose hash is not listed, the
+pixels inside the nodule boxes are compared with the crops stored in
+``fixtures/pinned_replay_rg1.npz`` (computed on the AMD EPYC) to within one step of the dtype,
+and every pixel outside the boxes must be the input's.
 """
 
 from __future__ import annotations
@@ -34,13 +35,11 @@ RECORDS = [
     NoduleRecord(center_xy=(700, 1300), diameter_px=18.25, seed=333, contrast=1.5),
     NoduleRecord(center_xy=(1250, 600), diameter_px=160.0, seed=4444),  # resampled region
 ]
-BOXES = [[579.0, 881.0, 622.0, 919.0], [1252.0, 952.0, 1348.0, 1048.0], [691.0, 1291.0, 710.0, 1309.0], [1167.0, 526.0, 1333.0, 675.0]]
+BOXES = [[576.0, 883.0, 624.0, 917.0], [1251.0, 955.0, 1349.0, 1046.0], [689.0, 1292.0, 711.0, 1309.0], [1162.0, 523.0, 1338.0, 678.0]]
 HASHES = {
-    "uint16": {"ce980e5052da3f1da1979cdc876495eedd1c64b33d1ac36187a70850a68524cb",
-               "9bfe1f47c8ab6c48cc7562ea5a93be2623d062d4360930a5d5aa10cd24d91e01"},
-    "uint8": {"2428d8d086fff861d6a7f7bb706c4e3de35bda011368855746f6b0341dbce9f4"},
-    "float32": {"c8c96b5ffb23122950f280c9c861cdd5bc5a8e5b42b891346faf82cb8bb21fff",
-                "ead5a0c44b3f724e7c0d885ef846d10abbfe56170a56441f33b44a70fb6d291e"},
+    "uint16": {"cda5286d2d730aa19e9337c7bda3e7a488f49d92ce91d5181ed0a6cce0196258"},
+    "uint8": {"a3cba10c2a55bfb5d97784676abd6df6bac4a98fd97e99c08eaffbf882c034ee"},
+    "float32": {"401c90d3c373e5cc7f4a35b8625ba307c4281f8a1b4597a5db2a77c3198cb883"},
 }
 CROPS = Path(__file__).parent / "fixtures" / "pinned_replay_rg1.npz"  # output - input per box
 STEP = {"uint16": 1, "uint8": 1, "float32": 1 / 32767}  # one grey level of the source data

@@ -189,6 +189,7 @@ def test_stabiliser_settings_are_checked(tmp_path, bad, capsys):
     data = write_masks(tmp_path / "masks")
     assert main(["train", "shape", f"data={data}", f"out={tmp_path / 'run'}", "steps=1", *TINY, bad]) == 1
     assert bad.split("=")[0] in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 def test_augment_rot90_false_keeps_horizontal_edges_horizontal():

@@ -8,6 +8,15 @@ the density class, and is trained with L1 on the layer (coarse and fine); option
 composite's high-pass detail and LSGAN on the composite (``w_adversarial``, off by default on
 CPU).
 
+Box-only data (``dataset=node21`` etc. with ``masks=``, the ``cxr-nodule-aug masks`` output) has
+no nodule-free render; the pair is estimated per box by
+:func:`~cxr_nodule_aug.functional.extraction.extract_nodules`: the context is the image with the
+box's estimated background under the pseudo mask (the image minus the residual), the target
+layer the residual clipped at 0 inside the mask (0 outside), both in the image's own working
+window; the density is "solid" unless the dataset records one (:func:`extract_box_layer_pairs`).
+The target is an estimate (the background's error inside the box is of the order of a faint
+nodule's contrast, ``benchmarks/results/box_only.md``), not SimCXR's exact layer.
+
 Patches are cut by inference's cut (:func:`cxr_nodule_aug.functional.insertion.cut_patch`).
 Intensity augmentation applies one random monotonic grey-level map to both images of a pair
 and recomputes the layer from them, so the target stays exact under the map.
@@ -27,13 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from cxr_nodule_aug.functional.extraction import extract_nodules
 from cxr_nodule_aug.functional.insertion import cut_patch, region_side
 from cxr_nodule_aug.functional.intensity import to_working
 from cxr_nodule_aug.functional.size import equivalent_diameter
-from cxr_nodule_aug.models.layer import DENSITY_CLASSES, LayerGenerator, density_of_sim_nodule
+from cxr_nodule_aug.models.layer import DEFAULT_DENSITY, DENSITY_CLASSES, LayerGenerator, density_of_sim_nodule
 from cxr_nodule_aug.models.texture import PatchDiscriminator
 from cxr_nodule_aug.train import common
-from cxr_nodule_aug.train.texture import split_by_image
+from cxr_nodule_aug.train.texture import open_masked_dataset, split_by_image
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +52,12 @@ log = logging.getLogger(__name__)
 class LayerConfig(common.PatchConfig):
     """:class:`~cxr_nodule_aug.train.common.PatchConfig` plus the layer model's fields. ``lr`` is
     the model's learning rate (``d_lr`` the optional discriminator's); both drop 10x at
-    ``lr_drop_step``. ``w_adversarial`` > 0 adds LSGAN on the composite (context + layer)."""
+    ``lr_drop_step``. ``w_adversarial`` > 0 adds LSGAN on the composite (context + layer).
+    ``dataset``: the kind of ``data`` (default a SimCXR export); a box-only kind needs ``masks``,
+    a ``cxr-nodule-aug masks`` output folder (see :func:`extract_box_layer_pairs`)."""
 
+    dataset: str = "simcxr"
+    masks: str = ""
     out: str = "runs/layer"
     steps: int = 4000
     batch_size: int = 16
@@ -60,6 +74,55 @@ class LayerConfig(common.PatchConfig):
     def check(self) -> None:
         super().check()
         common.check_value(self, "max_layer", above=0)
+
+
+_PAIR_KEYS = ("context", "nodule", "layer", "mask", "density", "image_index", "diameter_px")
+
+
+def _cut_layer_pairs(out: dict[str, list], index: int, gray_free: torch.Tensor, gray_nodule: torch.Tensor, masks: torch.Tensor,
+                     densities: list[str], patch_size: int, max_fill: float, jitter: float, generator: torch.Generator | None) -> None:
+    """Append one pair per non-empty mask of one image to ``out``: the working-domain nodule-free
+    image ``gray_free`` and nodule image ``gray_nodule`` (H, W) cut the way inference cuts."""
+    for m, density in zip(masks, densities):
+        if not m.any():
+            continue
+        d = float(equivalent_diameter(m))
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        y0, x0 = int(ys.min()), int(xs.min())
+        h, w = int(ys.max()) + 1 - y0, int(xs.max()) + 1 - x0
+        R = region_side(max(d, h, w), patch_size, max_fill)
+        top, left = (R - h) // 2, (R - w) // 2
+        if jitter > 0:
+            dy, dx = ((torch.rand(2, generator=generator) * 2 - 1) * jitter * R).round().int().tolist()
+            top, left = top - dy, left - dx
+        if top < 0 or left < 0 or top + h > R or left + w > R:
+            continue
+        footprint = torch.zeros(R, R, dtype=torch.bool)
+        footprint[top : top + h, left : left + w] = m[y0 : y0 + h, x0 : x0 + w]
+        centre = (x0 + w // 2, y0 + h // 2)
+        c_free = cut_patch(gray_free, centre, footprint, patch_size)
+        c_nod = cut_patch(gray_nodule, centre, footprint, patch_size)
+        layer = (c_nod.region - c_free.region) * footprint
+        if R != patch_size:
+            layer = F.interpolate(layer[None, None], size=(patch_size, patch_size), mode="area")[0, 0]
+        out["context"].append(c_free.patch[0])
+        out["nodule"].append(c_nod.patch[0])
+        out["layer"].append(layer[None])
+        out["mask"].append(c_free.hole[0])
+        out["density"].append(DENSITY_CLASSES.index(density))
+        out["image_index"].append(index)
+        out["diameter_px"].append(d)
+
+
+def _stack_pairs(out: dict[str, list]) -> dict[str, torch.Tensor]:
+    if not out["context"]:
+        raise ValueError("no nodule patches could be cut from the data")
+    return {
+        **{k: torch.stack(out[k]) for k in ("context", "nodule", "layer", "mask")},
+        "density": torch.tensor(out["density"]),
+        "image_index": torch.tensor(out["image_index"]),
+        "diameter_px": torch.tensor(out["diameter_px"]),
+    }
 
 
 def extract_layer_pairs(
@@ -80,7 +143,7 @@ def extract_layer_pairs(
     from the unclamped regions), ``mask`` (N, 1, P, P) {0, 1}, ``density`` (N,) index into
     :data:`DENSITY_CLASSES`, ``image_index`` (N,), ``diameter_px`` (N,).
     """
-    out: dict[str, list] = {k: [] for k in ("context", "nodule", "layer", "mask", "density", "image_index", "diameter_px")}
+    out: dict[str, list] = {k: [] for k in _PAIR_KEYS}
     for i, (image, target) in enumerate(samples):
         if "image_nodule_free" not in target or "masks" not in target:
             raise ValueError(f"sample {i} needs target['image_nodule_free'] and target['masks'] (SimCXRDataset(return_pair=True))")
@@ -88,57 +151,83 @@ def extract_layer_pairs(
         image = torch.as_tensor(image).as_subclass(torch.Tensor)
         gray_free, lo, hi = to_working(free)
         gray_nod = (image[0].float() - lo) / (hi - lo)  # the nodule-free image's window: the engine's
-        for m, nd in zip(torch.as_tensor(target["masks"]).as_subclass(torch.Tensor).bool(), target["sim_nodules"]):
-            if not m.any():
-                continue
-            d = float(equivalent_diameter(m))
-            ys, xs = torch.nonzero(m, as_tuple=True)
-            y0, x0 = int(ys.min()), int(xs.min())
-            h, w = int(ys.max()) + 1 - y0, int(xs.max()) + 1 - x0
-            R = region_side(max(d, h, w), patch_size, max_fill)
-            top, left = (R - h) // 2, (R - w) // 2
-            if jitter > 0:
-                dy, dx = ((torch.rand(2, generator=generator) * 2 - 1) * jitter * R).round().int().tolist()
-                top, left = top - dy, left - dx
-            if top < 0 or left < 0 or top + h > R or left + w > R:
-                continue
-            footprint = torch.zeros(R, R, dtype=torch.bool)
-            footprint[top : top + h, left : left + w] = m[y0 : y0 + h, x0 : x0 + w]
-            centre = (x0 + w // 2, y0 + h // 2)
-            c_free = cut_patch(gray_free, centre, footprint, patch_size)
-            c_nod = cut_patch(gray_nod, centre, footprint, patch_size)
-            layer = (c_nod.region - c_free.region) * footprint
-            if R != patch_size:
-                layer = F.interpolate(layer[None, None], size=(patch_size, patch_size), mode="area")[0, 0]
-            out["context"].append(c_free.patch[0])
-            out["nodule"].append(c_nod.patch[0])
-            out["layer"].append(layer[None])
-            out["mask"].append(c_free.hole[0])
-            out["density"].append(DENSITY_CLASSES.index(density_of_sim_nodule(nd["params"])))
-            out["image_index"].append(i)
-            out["diameter_px"].append(d)
-    if not out["context"]:
-        raise ValueError("no nodule patches could be cut from the data")
-    return {
-        **{k: torch.stack(out[k]) for k in ("context", "nodule", "layer", "mask")},
-        "density": torch.tensor(out["density"]),
-        "image_index": torch.tensor(out["image_index"]),
-        "diameter_px": torch.tensor(out["diameter_px"]),
-    }
+        densities = [density_of_sim_nodule(nd["params"]) for nd in target["sim_nodules"]]
+        masks = torch.as_tensor(target["masks"]).as_subclass(torch.Tensor).bool()
+        _cut_layer_pairs(out, i, gray_free, gray_nod, masks, densities, patch_size, max_fill, jitter, generator)
+    return _stack_pairs(out)
 
 
-def load_layer_pairs(data: str, patch_size: int, max_fill: float, *, jitter: float = 0.0, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Layer pairs from a ``.pt`` cache or a SimCXR export directory."""
+def box_only_layers(image: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (nodule-free, nodule) working-domain pair (H, W) of one box-only image.
+
+    ``masks`` (N, H, W) are the boxes' pseudo masks (``cxr-nodule-aug masks``); under each mask
+    the nodule-free image is the box's estimated background
+    (:func:`~cxr_nodule_aug.functional.extraction.extract_nodules`), i.e. the image minus the
+    residual, and the nodule image is that background plus the residual clipped at 0 (a layer
+    only adds). Outside the masks both are the image's working domain.
+    """
+    gray, _, _ = to_working(image)
+    free, layer = gray.clone(), torch.zeros_like(gray)
+    for k, (e, m) in enumerate(zip(extract_nodules(image, boxes), masks)):
+        x0, y0, x1, y1 = e.window_xyxy
+        inside = m[y0:y1, x0:x1]
+        if int(inside.sum()) != int(m.sum()):
+            raise ValueError(f"mask {k} reaches outside its box {e.window_xyxy}: masks= must be 'cxr-nodule-aug masks' output for these boxes")
+        free[y0:y1, x0:x1] = torch.where(inside, e.background, free[y0:y1, x0:x1])
+        layer[y0:y1, x0:x1] = torch.where(inside, e.residual.clamp(min=0), layer[y0:y1, x0:x1])
+    return free, free + layer
+
+
+def extract_box_layer_pairs(
+    samples: Iterable[tuple[torch.Tensor, dict[str, Any]]],
+    patch_size: int,
+    max_fill: float,
+    *,
+    jitter: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`extract_layer_pairs` for box-only data: ``samples`` are a box dataset's samples with
+    the pseudo masks attached (``open_dataset(kind, DIR, nodule_masks=MASKS)``: ``boxes`` and one
+    instance mask per box). Context and layer come from :func:`box_only_layers`; the cut is the
+    SimCXR path's. Density: ``target["density"]`` (one class name per box) when the dataset
+    records it, else :data:`~cxr_nodule_aug.models.layer.DEFAULT_DENSITY` ("solid", LIDC-IDRI's
+    commonest); no box dataset shipped today records one.
+    """
+    out: dict[str, list] = {k: [] for k in _PAIR_KEYS}
+    for i, (image, target) in enumerate(samples):
+        if "masks" not in target:
+            raise ValueError(f"sample {i} has no target['masks']: open the dataset with nodule_masks= ('cxr-nodule-aug masks' output)")
+        masks = torch.as_tensor(target["masks"]).as_subclass(torch.Tensor).bool()
+        boxes = torch.as_tensor(target["boxes"]).as_subclass(torch.Tensor).reshape(-1, 4)
+        if len(masks) != len(boxes):
+            raise ValueError(f"sample {i} has {len(boxes)} boxes but {len(masks)} nodule masks")
+        if not len(boxes):
+            continue
+        densities = list(target.get("density", [DEFAULT_DENSITY] * len(boxes)))
+        if len(densities) != len(boxes) or any(d not in DENSITY_CLASSES for d in densities):
+            raise ValueError(f"sample {i}: target['density'] must give one of {DENSITY_CLASSES} per box, got {densities!r}")
+        gray_free, gray_nod = box_only_layers(torch.as_tensor(image).as_subclass(torch.Tensor), boxes, masks)
+        _cut_layer_pairs(out, i, gray_free, gray_nod, masks, densities, patch_size, max_fill, jitter, generator)
+    return _stack_pairs(out)
+
+
+def load_layer_pairs(data: str, patch_size: int, max_fill: float, *, jitter: float = 0.0, seed: int = 0,
+                     dataset: str = "simcxr", masks: str = "") -> dict[str, torch.Tensor]:
+    """Layer pairs from a ``.pt`` cache, a SimCXR export directory, or a box-only dataset of kind
+    ``dataset`` with the pseudo masks of ``masks`` (a ``cxr-nodule-aug masks`` output folder)."""
     path = Path(data)
     if path.suffix == ".pt":
         return torch.load(path, weights_only=True)
     if not path.is_dir():
-        raise FileNotFoundError(f"data={data!r} is neither a SimCXR export directory nor a .pt pairs file")
+        raise FileNotFoundError(f"data={data!r} is neither a dataset directory nor a .pt pairs file")
+    generator = torch.Generator().manual_seed(seed)
+    if dataset != "simcxr" or masks:
+        boxed = open_masked_dataset(dataset, data, masks)
+        return extract_box_layer_pairs((boxed[i] for i in range(len(boxed))), patch_size, max_fill, jitter=jitter, generator=generator)
     from cxr_nodule_aug.datasets import SimCXRDataset
 
-    dataset = SimCXRDataset(path, subset="nodule", return_pair=True)
-    return extract_layer_pairs((dataset[i] for i in range(len(dataset))), patch_size, max_fill, jitter=jitter,
-                               generator=torch.Generator().manual_seed(seed))
+    sim = SimCXRDataset(path, subset="nodule", return_pair=True)
+    return extract_layer_pairs((sim[i] for i in range(len(sim))), patch_size, max_fill, jitter=jitter, generator=generator)
 
 
 def paired_intensity(context: torch.Tensor, nodule: torch.Tensor, gamma_range: tuple, contrast_range: tuple,
@@ -157,7 +246,8 @@ def paired_intensity(context: torch.Tensor, nodule: torch.Tensor, gamma_range: t
 def train(cfg: LayerConfig, pairs: dict[str, torch.Tensor] | None = None) -> Path:
     d, out = common.start_run(cfg)
     if pairs is None:
-        pairs = common.cached(out / "pairs.pt", d, lambda: load_layer_pairs(cfg.data, cfg.patch_size, cfg.max_fill, jitter=cfg.jitter, seed=cfg.seed))
+        pairs = common.cached(out / "pairs.pt", d, lambda: load_layer_pairs(cfg.data, cfg.patch_size, cfg.max_fill, jitter=cfg.jitter, seed=cfg.seed,
+                                                                           dataset=cfg.dataset, masks=cfg.masks))
     train_pairs, held = split_by_image(pairs, cfg.holdout_fraction)
     if d.is_main:
         counts = torch.bincount(train_pairs["density"], minlength=len(DENSITY_CLASSES)).tolist()
@@ -230,7 +320,7 @@ def train(cfg: LayerConfig, pairs: dict[str, torch.Tensor] | None = None) -> Pat
                                samples=samples, name="layer", show=("l1_fine", "holdout_mask_l1"))
     if d.is_main:
         G.eval()
-        meta = {"trained_steps": step_n, "data": str(cfg.data), "train_pairs": len(train_pairs["context"]),
+        meta = {"trained_steps": step_n, "data": str(cfg.data), "dataset": cfg.dataset, "train_pairs": len(train_pairs["context"]),
                 "loss": "L1 on the layer (coarse + fine)" + (" + LSGAN on the composite" if D is not None else "")}
         G.save_pretrained(out / "model", metadata=meta)
     common.cleanup(d)

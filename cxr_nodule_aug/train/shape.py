@@ -283,11 +283,11 @@ def train(cfg: ShapeConfig) -> Path:
     root = Path(folder)
     if root.is_dir():  # refuse a folder that is not masks before the run folder is made
         check_mask_files(root, sorted(root.rglob(pattern)))
+    check_stabilisers(cfg)  # before the run folder is made
     d, out = common.start_run(cfg)
 
     data = open_shape_data(cfg)
     loader = common.make_loader(cfg, data, d)
-    check_stabilisers(cfg)
     G = ShapeGenerator(cfg.latent_dim, cfg.base_width, cfg.image_size, cfg.smooth).to(d.device)
     D = ShapeDiscriminator(cfg.d_width, cfg.image_size, cfg.d_norm).to(d.device)
     G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None

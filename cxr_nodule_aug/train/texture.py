@@ -182,6 +182,17 @@ def split_by_image(pairs: dict[str, torch.Tensor], holdout_fraction: float) -> t
     return ({k: v[~held] for k, v in pairs.items()}, {k: v[held] for k, v in pairs.items()})
 
 
+def open_masked_dataset(kind: str, data: str, masks: str):
+    """The box-only dataset ``kind`` at ``data`` with the pseudo nodule masks of ``masks`` (a
+    ``cxr-nodule-aug masks`` output folder) attached; refused, pointing at that command, without."""
+    from cxr_nodule_aug.datasets import open_dataset
+
+    if not masks:
+        raise ValueError(f"dataset={kind!r} has boxes, not nodule masks: derive them with 'cxr-nodule-aug masks --data {data} "
+                         f"--dataset {kind} --out OUT' and pass masks=OUT")
+    return open_dataset(kind, Path(data), nodule_masks=masks)
+
+
 def load_pairs(data: str, cfg: TextureConfig) -> dict[str, torch.Tensor]:
     """Pairs from a cache (``.pt`` written by this function), a SimCXR export directory, or a
     box-only dataset (``cfg.dataset``) with the pseudo masks of ``cfg.masks``."""
@@ -190,13 +201,10 @@ def load_pairs(data: str, cfg: TextureConfig) -> dict[str, torch.Tensor]:
         return torch.load(path, weights_only=True)
     if not path.is_dir():
         raise FileNotFoundError(f"data={data!r} is neither a dataset directory nor a .pt pairs file")
-    from cxr_nodule_aug.datasets import SimCXRDataset, open_dataset
+    from cxr_nodule_aug.datasets import SimCXRDataset
 
     if cfg.dataset != "simcxr" or cfg.masks:
-        if not cfg.masks:
-            raise ValueError(f"dataset={cfg.dataset!r} has boxes, not nodule masks: derive them with 'cxr-nodule-aug masks --data {data} "
-                             f"--dataset {cfg.dataset} --out OUT' and pass masks=OUT")
-        dataset = open_dataset(cfg.dataset, path, nodule_masks=cfg.masks)
+        dataset = open_masked_dataset(cfg.dataset, data, cfg.masks)
     else:
         dataset = SimCXRDataset(path, subset="nodule")
     return extract_patches(
