@@ -166,6 +166,12 @@ def _load(spec: ModelSpec, role: str, weights: str | os.PathLike | None, subfold
     kind, path, _ = parse_source(weights)
     if kind == "local" and not (path / subfolder).is_dir():
         if required:
+            if subfolder == COMPOSITIONS["additive"].texture_subfolder:
+                raise ValueError(
+                    f"weights directory {str(path)!r} has no '{subfolder}/' model, which the default composition='additive' needs: "
+                    f"train one ('cxr-nodule-aug train layer', then 'cxr-nodule-aug export RUN --name layer --weights-dir {path}'), "
+                    "or use the paper's inpainting with composition='replace' (CLI: --composition replace; train detector: augment_composition=replace)"
+                )
             raise ValueError(f"weights directory {str(path)!r} has no '{subfolder}/' model; pass {role}_model=...")
         return None
     return _check_model(loader(weights, subfolder=subfolder), role)

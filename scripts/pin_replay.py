@@ -35,7 +35,7 @@ def main() -> int:
     from cxr_nodule_aug.io import read_image
 
     radiograph = read_image(importlib.resources.files("data_store") / "data" / "RG1_UNCR.dcm").to_tensor().as_subclass(torch.Tensor)
-    replay = InsertNodules(pinned.RECORDS)
+    replay = InsertNodules(pinned.RECORDS, composition="replace")  # the pinned mode (the default is additive)
     hashes, crops, boxes = {}, {}, None
     for dtype in sorted(pinned.HASHES):
         image = radiograph

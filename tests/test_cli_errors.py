@@ -183,6 +183,27 @@ def test_synthesize_refuses_a_nodule_that_cannot_fit_before_loading_models(one_i
     assert seconds < 20, seconds
 
 
+def test_synthesize_with_weights_without_a_layer_model_names_the_fix(one_image_node21, tmp_path, capsys):
+    """The default composition is additive (issue 13): a weights folder made before it (shape/ and
+    texture/, lung/) is refused before any work, naming 'train layer' and --composition replace."""
+    import shutil
+
+    weights = tmp_path / "weights_old"
+    for part in ("shape", "texture", "lung"):
+        shutil.copytree(PACKAGE_ROOT / "weights" / part, weights / part)
+    rc, err = run_cli(capsys, "synthesize", "--data", one_image_node21, "--dataset", "node21", "--count", "1", "--unit", "px",
+                      "--diameters", "20", "--out", tmp_path / "s", "--no-progress", "--weights", weights)
+    assert rc == 2, err
+    assert "has no 'layer/' model" in err and "cxr-nodule-aug train layer" in err and "--composition replace" in err, err
+    assert not (tmp_path / "s").exists()
+    rc, err = run_cli(capsys, "synthesize", "--data", one_image_node21, "--dataset", "node21", "--count", "1", "--unit", "px",
+                      "--diameters", "20", "--out", tmp_path / "s", "--no-progress", "--weights", weights, "--composition", "replace")
+    # With the paper's mode the folder loads (this noise image then has too little lung for the nodule).
+    assert "layer/" not in err and "cannot fit the lung mask" in err, err
+    synth = cxr_nodule_aug.NoduleSynthesizer.from_pretrained(str(weights), composition="replace")
+    assert synth.composition == "replace" and type(synth.texture_model).__name__ == "TextureGenerator"
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["--count", "0"], "argument --count: '0': expected a whole number >= 1"),
     (["--count", "1", "--diameters", "9,3"], "argument --diameters: '9,3': MIN (9) is above MAX (3)"),
@@ -191,6 +212,8 @@ def test_synthesize_refuses_a_nodule_that_cannot_fit_before_loading_models(one_i
     (["--count", "1", "--contrast", "inf"], "argument --contrast: 'inf': expected a finite number"),
     (["--count", "1", "--device", "gpu0"], "argument --device: 'gpu0' is not a torch device"),
     (["--count", "1", "--seed", "-1"], "argument --seed: '-1': expected a whole number >= 0"),
+    (["--count", "1", "--composition", "overlay"], "argument --composition: invalid choice: 'overlay'"),
+    (["--count", "1", "--density", "dense"], "argument --density: 'dense': expected 'lidc' or class names from ground_glass, part_solid, solid, calcified"),
 ])
 def test_synthesize_bad_values(one_image_node21, tmp_path, capsys, args, needle):
     rc, err = run_cli(capsys, "synthesize", "--data", one_image_node21, "--dataset", "node21", "--out", tmp_path / "s", *args)

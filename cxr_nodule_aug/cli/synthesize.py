@@ -364,7 +364,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--data {args.data!r} (--dataset {args.dataset}): {err}") from None
     order = source_order(len(eligible), args.count, args.seed)
     check_diameters_fit(args, dataset, eligible[order[0]])  # before the models load: a nodule that cannot fit fails in seconds
-    tf = _make_transform(args)
+    try:
+        tf = _make_transform(args)
+    except ValueError as err:  # e.g. a --weights folder without the composition's model
+        raise UsageError(f"--weights {args.weights!r} (--composition {args.composition}): {err}" if args.weights is not None else str(err)) from None
     try:
         _check_spacing_for_mm(args, tf, dataset, eligible)  # before the manifest: a corrected rerun starts clean
     except ValueError as err:
