@@ -92,6 +92,7 @@ def test_bad_run_values_are_refused_naming_the_field(config, override, needle):
     (texture.TextureConfig, "max_fill=0"), (texture.TextureConfig, "holdout_fraction=1"), (texture.TextureConfig, "w_perceptual=-1"),
     (lung.LungConfig, "neck_p=1.5"), (lung.LungConfig, "depth=0"),
     (detector.DetectorConfig, "augment_p=2"), (detector.DetectorConfig, "image_size=8"), (detector.DetectorConfig, "worker_niceness=20"),
+    (detector.DetectorConfig, "augment_composition=overlay"),
 ])
 def test_bad_trainer_values_are_refused_naming_the_field(config, override):
     with pytest.raises(ValueError, match=f"^{override.split('=')[0]}="):
@@ -141,3 +142,13 @@ def test_the_patch_trainers_share_one_config_base():
         resolve_config(layer, None, ["max_layer=0"])
     with pytest.raises(ValueError, match="context_norm='sometimes'"):
         resolve_config(texture.TextureConfig, None, ["context_norm=sometimes"])
+
+
+def test_detector_online_augmentation_uses_the_additive_default_or_the_named_composition():
+    """Issue 13: train detector's NoduleInpaint follows the library's default (additive, with a
+    density per nodule); augment_composition=replace selects the paper's inpainting."""
+    cfg = resolve_config(detector.DetectorConfig, None, ["augment_p=1", "augment_unit=px"])
+    tf = detector.online_augment(cfg)
+    assert cfg.augment_composition == "additive" and tf.synthesizer.composition == "additive" and tf.density is not None
+    tf = detector.online_augment(resolve_config(detector.DetectorConfig, None, ["augment_p=1", "augment_unit=px", "augment_composition=replace"]))
+    assert tf.synthesizer.composition == "replace" and tf.density is None

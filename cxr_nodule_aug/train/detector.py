@@ -88,7 +88,7 @@ class DetectorConfig(common.RunConfig):
         common.check_value(self, "shift", minimum=0, below=1)
         common.check_value(self, "augment_p", minimum=0, maximum=1)
         if self.augment_composition not in ("additive", "replace"):
-            raise ValueError(f"augment_composition must be 'additive' (the nodule's layer added) or 'replace' (the paper's inpainting), got {self.augment_composition!r}")
+            raise ValueError(f"augment_composition={self.augment_composition!r}: expected 'additive' (the nodule's layer added; the default) or 'replace' (the paper's inpainting)")
         # 0: workers at normal priority; 1 (slightly lower) to 19 (lowest), see LowPriorityWorkers
         common.check_value(self, "worker_niceness", minimum=0, maximum=19)
 
