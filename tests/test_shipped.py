@@ -93,3 +93,5 @@ def test_demo_command_on_the_real_radiograph(tmp_path):
     assert (tmp_path / "demo_RG1_UNCR.png").stat().st_size > 10_000
     records = json.loads((tmp_path / "records_RG1_UNCR.json").read_text())
     assert len(records["grid"]) == 6 and len(records["overview"]) == 2
+    # the default composition is additive: every record carries the demo's density (--density, default solid)
+    assert {r["density"] for r in records["grid"] + records["overview"]} == {"solid"}
