@@ -178,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"the {len(summary['failed'])} images above have no mask (listed in {args.out / 'failed.txt'}); "
               "a dataset opened with these masks refuses them: fix or drop their rows")
         return EXIT_SOME_FAILED
-    print(f"train with: cxr-nodule-aug train shape masks={args.out}  and  cxr-nodule-aug train texture data={args.data} "
-          f"dataset={args.dataset} masks={args.out}")
+    data = f"data={args.data} dataset={args.dataset} masks={args.out}"
+    print(f"train with: cxr-nodule-aug train shape masks={args.out}, cxr-nodule-aug train layer {data} (additive) "
+          f"and cxr-nodule-aug train texture {data} (replace)")
     return 0
