@@ -53,8 +53,8 @@ def measure(gray_before: np.ndarray, gray_after: np.ndarray, mask: np.ndarray) -
     }
 
 
-def run_row(weights: str, image, target, n: int, diameters: tuple[float, float]) -> dict:
-    tf = NoduleInpaint(diameters=diameters, unit="px", p=1.0, num_nodules=1, weights=weights)
+def run_row(weights: str, image, target, n: int, diameters: tuple[float, float], composition: str | None = None) -> dict:
+    tf = NoduleInpaint(diameters=diameters, unit="px", p=1.0, num_nodules=1, weights=weights, composition=composition)
     rng = torch.Generator().manual_seed(0)
     base = to_working(image.as_subclass(torch.Tensor))
     lo, hi = base[1], base[2]
@@ -71,7 +71,7 @@ def run_row(weights: str, image, target, n: int, diameters: tuple[float, float])
         rows.append(measure(before, after, mask))
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     summary["inverted_fraction"] = float(np.mean([r["contrast"] < 0 for r in rows]))
-    return {"weights": weights, "nodules": n, "mean": summary, "per_nodule": rows}
+    return {"weights": weights, "composition": tf.synthesizer.composition, "nodules": n, "mean": summary, "per_nodule": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", action="append", required=True, metavar="LABEL=DIR", help="a row: label and weights directory (shape/, texture/, lung/)")
     p.add_argument("--nodules", type=int, default=60)
     p.add_argument("--diameters-px", type=float, nargs=2, default=(20.0, 100.0))
+    p.add_argument("--compositions", nargs="+", default=[None], choices=["additive", "replace"],
+                   help="one row per weights and composition (default: the weights' default composition)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -90,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(h, w)), "labels": torch.zeros(0, dtype=torch.int64),
               "masks": tv_tensors.Mask(torch.zeros(0, h, w, dtype=torch.bool))}
     result = {"image": "pydicom-data RG1_UNCR.dcm", "command": " ".join(["python", "benchmarks/real_insertion.py", *sys.argv[1:]]) if argv is None else None, "rows": {}}
-    for spec in args.weights:
+    for spec, composition in [(spec, c) for spec in args.weights for c in args.compositions]:
         label, _, path = spec.partition("=")
+        label = label if composition is None else f"{label} {composition}"
         t0 = time.perf_counter()
-        row = run_row(path, image, target, args.nodules, tuple(args.diameters_px))
+        row = run_row(path, image, target, args.nodules, tuple(args.diameters_px), composition)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         result["rows"][label] = row
         m = row["mean"]
