@@ -17,7 +17,10 @@ Measured:
 
 1. paired (same pose, same mask), on crops around each nodule (side 1.5 x the nodule, at least
    32 px, resampled to ``--crop`` px): masked-region (the nodule's box) and full-crop
-   MAE / PSNR / SSIM (:mod:`cxr_nodule_aug.eval.quality`, torchmetrics);
+   MAE / PSNR / SSIM (:mod:`cxr_nodule_aug.eval.quality`, torchmetrics), and the Fréchet
+   distance of each method's crops to the reference crops on EfficientNet-Lite0 features
+   (:func:`cxr_nodule_aug.eval.quality.fid`, labelled :data:`~cxr_nodule_aug.eval.quality.FID_LABEL`:
+   *not* Inception FID; crops clamped to the working window 0..1, resized to 224 px);
 2. a classifier two-sample test: the test images are split at random into two halves; crops of
    the reference nodules of one half (class 0) against crops of a method's nodules inserted
    into the other half's nodule-free images (class 1), so no image gives both classes; a small
@@ -55,7 +58,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from cxr_nodule_aug.baselines import PasteBlendInpainter, contrast_ratio
-from cxr_nodule_aug.eval.quality import quality_metrics, summarize
+from cxr_nodule_aug.eval.quality import FID_LABEL, Lite0PooledFeatures, fid, quality_metrics, summarize
 from cxr_nodule_aug.functional.insertion import cut_nodules, insert_nodules, nodule_footprints, place_nodules, region_side
 from cxr_nodule_aug.functional.intensity import to_working
 from cxr_nodule_aug.functional.size import equivalent_diameter
@@ -108,6 +111,15 @@ def crop(img: torch.Tensor, cy: int, cx: int, side: int, size: int, mode: str = 
     if side != size:
         c = F.interpolate(c, size=(size, size), mode=mode, **({"align_corners": False, "antialias": True} if mode == "bilinear" else {}))
     return c[0, 0]
+
+
+def fid_to_reference(crops: dict, names: list[str], features: torch.nn.Module | None = None) -> dict[str, float]:
+    """Per method: the Fréchet distance (:func:`~cxr_nodule_aug.eval.quality.fid`) of its crops
+    ``crops[f"m_{name}"]`` to ``crops["reference"]`` on ``features`` (default: EfficientNet-Lite0
+    pooled features, reported as :data:`~cxr_nodule_aug.eval.quality.FID_LABEL`); every method
+    against the same reference set at the same N, so the rows compare."""
+    features = Lite0PooledFeatures() if features is None else features
+    return {n: fid(crops["reference"], crops[f"m_{n}"], features=features) for n in names}
 
 
 def dilate(mask: torch.Tensor, px: int) -> torch.Tensor:
@@ -401,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         q = summarize(quality_metrics(crops[f"m_{n}"], crops["reference"], crops["mask"].float(), composite=False))
         result["methods"][n] = {"label": LABELS[n], "paired": q}
+    print("FID (Lite0 features)", file=sys.stderr)
+    for n, v in fid_to_reference(crops, names).items():
+        result["methods"][n]["fid_lite0"] = v
+    result["fid_label"] = FID_LABEL + ": method crops vs reference crops, all nodules"
     # two-sample test: one random half of the images gives the real crops, the other the synthesised
     images = sorted(set(crops["image"].tolist()))
     perm = np.random.default_rng(args.seed).permutation(images)
@@ -444,8 +460,8 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(r: dict, names: list[str]) -> str:
     lines = [f"# Realism benchmark ({r['nodules']} nodules, {r['images']} held-out SimCXR images)", "", f"`{r['command']}`", "",
              f"Machine: {r['machine']}; {r['seconds']} s.", "",
-             f"| method | two-sample acc ({r['folds']}-fold) | kept detail RG1_UNCR | adds brightness | masked MAE | masked PSNR | masked SSIM | full MAE | full PSNR | full SSIM |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| method | two-sample acc ({r['folds']}-fold) | kept detail RG1_UNCR | adds brightness | masked MAE | masked PSNR | masked SSIM | full MAE | full PSNR | full SSIM | {FID_LABEL} |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in names:
         m = r["methods"][n]
         q, t = m["paired"], m.get("two_sample")
@@ -453,9 +469,12 @@ def markdown(r: dict, names: list[str]) -> str:
         kd = f"{rr['detail_correlation_mean']:.3f}" if rr else "n/a"
         ab = f"{rr['adds_brightness_share']:.2f}" if rr else "n/a"
         ts = f"{t['accuracy_mean']:.3f} ± {t['accuracy_std']:.3f}" if t else "n/a"
+        fd = f"{m['fid_lite0']:.2f}" if "fid_lite0" in m else "n/a"
         lines.append(f"| {m['label']} | {ts} | {kd} | {ab} | {q['masked_mae']:.4f} | {q['masked_psnr']:.2f} | {q['masked_ssim']:.3f} | "
-                     f"{q['full_mae']:.4f} | {q['full_psnr']:.2f} | {q['full_ssim']:.3f} |")
+                     f"{q['full_mae']:.4f} | {q['full_psnr']:.2f} | {q['full_ssim']:.3f} | {fd} |")
     rr = r["reference_vs_reference"]
+    if "fid_label" in r:
+        lines += ["", f"{r['fid_label']} ({r['nodules']} crops per set; lower = closer; not Inception FID, not comparable to published FIDs).", ""]
     lines += ["", f"Reference vs reference (the test's floor here): {rr['accuracy_mean']:.3f} ± {rr['accuracy_std']:.3f}.", ""]
     d = r["density"]
     lines += ["Density control (additive model, every benchmark nodule under each condition; mean layer inside the mask, working grey level):", "",

@@ -279,6 +279,39 @@ def test_realism_benchmark_pieces():
     assert 0.0 <= same["accuracy_mean"] <= 1.0 and len(same["folds"]) == 2
 
 
+def test_realism_benchmark_reports_fid_on_lite0_features():
+    """Issue 13 item 3: the paired block has a Fréchet distance per method (method crops vs the
+    reference crops) computed by eval.quality.fid (no second FID), labelled as Lite0 FID in
+    the markdown table."""
+    from cxr_nodule_aug.eval.quality import FID_LABEL
+    from cxr_nodule_aug.models.layer import DENSITY_CLASSES
+
+    class Moments(torch.nn.Module):  # a tiny feature module: the test needs no Lite0 weights
+        num_features = 2
+
+        def forward(self, x):
+            return torch.stack([x.mean((1, 2, 3)), x.std((1, 2, 3))], 1).double()
+
+    realism = _realism()
+    ref = torch.rand(64, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5
+    crops = {"reference": ref, "m_additive": ref.clone(), "m_replace": ref + 0.25}
+    fids = realism.fid_to_reference(crops, ["additive", "replace"], features=Moments())
+    assert fids["additive"] == pytest.approx(0.0, abs=1e-6)
+    assert fids["replace"] == pytest.approx(0.0625, abs=1e-5)  # the mean feature moves by (0.25, 0)
+    q = dict.fromkeys(("masked_mae", "masked_psnr", "masked_ssim", "full_mae", "full_psnr", "full_ssim"), 0.0)
+    result = {"nodules": 64, "images": 8, "command": "c", "machine": "m", "seconds": 1.0, "folds": 5, "notes": {},
+              "fid_label": FID_LABEL + ": method crops vs reference crops",
+              "methods": {n: {"label": realism.LABELS[n], "paired": q, "fid_lite0": fids[n]} for n in fids},
+              "reference_vs_reference": {"accuracy_mean": 0.5, "accuracy_std": 0.0},
+              "density": {"additive_mean_layer_by_condition": dict.fromkeys(DENSITY_CLASSES, 0.0), "reference_mean_layer_by_true_class": {},
+                          "nodules_by_true_class": dict.fromkeys(DENSITY_CLASSES, 0), "ordered": True, "share_of_nodules_ordered": 1.0}}
+    md = realism.markdown(result, list(fids))
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert header.rstrip(" |").endswith(FID_LABEL) and "Lite0" in header
+    replace_row = next(line for line in md.splitlines() if line.startswith(f"| {realism.LABELS['replace']}"))
+    assert replace_row.rstrip(" |").endswith("0.06")
+
+
 def test_additive_is_the_default_composition_and_an_inpainter_implies_replace(tmp_path):
     """Issue 13 item 4: the additive mode is what a user gets without naming one; the paper's
     replace mode stays selectable, and a given inpainter (which can only replace) selects it."""
