@@ -402,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     print("collecting nodules", file=sys.stderr)
     if args.crops is not None and args.crops.exists():
         crops = torch.load(args.crops, weights_only=True)
+        notes["crops"] = (f"the SimCXR crops (paired metrics, FID, two-sample test, density control) were read from the cache {args.crops}, "
+                          "collected by an earlier run of this script: valid only for the same models and data; the real radiograph is recomputed")
     else:
         crops = collect(args.data, models, args.crop, args.limit_images, models["additive"])
         if args.crops is not None:
@@ -474,7 +476,7 @@ def markdown(r: dict, names: list[str]) -> str:
                      f"{q['full_mae']:.4f} | {q['full_psnr']:.2f} | {q['full_ssim']:.3f} | {fd} |")
     rr = r["reference_vs_reference"]
     if "fid_label" in r:
-        lines += ["", f"{r['fid_label']} ({r['nodules']} crops per set; lower = closer; not Inception FID, not comparable to published FIDs).", ""]
+        lines += ["", f"{r['fid_label']} ({r['nodules']} crops per set; lower = closer; not Inception FID, not comparable to published FIDs)."]
     lines += ["", f"Reference vs reference (the test's floor here): {rr['accuracy_mean']:.3f} ± {rr['accuracy_std']:.3f}.", ""]
     d = r["density"]
     lines += ["Density control (additive model, every benchmark nodule under each condition; mean layer inside the mask, working grey level):", "",
