@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import tv_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's library and weights, not an installed copy
@@ -38,15 +37,7 @@ def main() -> int:
     replay = InsertNodules(pinned.RECORDS, composition="replace")  # the pinned mode (the default is additive)
     hashes, crops, boxes = {}, {}, None
     for dtype in sorted(pinned.HASHES):
-        image = radiograph
-        if dtype != "uint16":
-            image = image.float() / 32767
-            if dtype == "uint8":
-                image = (image * 255).round().to(torch.uint8)
-        H, W = image.shape[-2:]
-        target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(H, W)),
-                  "labels": torch.zeros(0, dtype=torch.int64)}
-        out, out_target = replay(image, target)
+        image, out, out_target = pinned.replay_as(replay, radiograph, dtype)
         got = out_target["boxes"].tolist()
         if boxes is not None and got != boxes:
             raise SystemExit(f"{dtype}: boxes {got} differ from the other dtypes' {boxes}")

@@ -58,8 +58,9 @@ def replay() -> InsertNodules:
     return InsertNodules(RECORDS, composition="replace")
 
 
-@pytest.mark.parametrize("dtype", sorted(HASHES))
-def test_shipped_replay_is_bit_identical_to_the_pinned_output(radiograph, replay, dtype):
+def replay_as(replay: InsertNodules, radiograph: torch.Tensor, dtype: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The pinned input in ``dtype`` (uint16 as read; float32 in [0, 1]; uint8 from that), with an
+    empty target, and the replay's ``(output, output target)``. Shared with scripts/pin_replay.py."""
     image = radiograph
     if dtype != "uint16":
         image = image.float() / 32767
@@ -68,6 +69,12 @@ def test_shipped_replay_is_bit_identical_to_the_pinned_output(radiograph, replay
     H, W = image.shape[-2:]
     target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(H, W)), "labels": torch.zeros(0, dtype=torch.int64)}
     out, out_target = replay(image, target)
+    return image, out, out_target
+
+
+@pytest.mark.parametrize("dtype", sorted(HASHES))
+def test_shipped_replay_is_bit_identical_to_the_pinned_output(radiograph, replay, dtype):
+    image, out, out_target = replay_as(replay, radiograph, dtype)
     assert out_target["boxes"].tolist() == BOXES
     digest = hashlib.sha256(out.numpy().tobytes()).hexdigest()
     if digest in HASHES[dtype]:
