@@ -44,6 +44,7 @@ writes ``benchmarks/results/realism.json``, ``realism.md`` and ``realism.png``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -360,6 +361,84 @@ def figure(crops: dict, names: list[str], shots: dict, path: Path, per_class: in
     plt.close(fig)
 
 
+# -- the --crops cache: what produced it ---------------------------------------------------------------
+CROPS_FORMAT = "realism-crops/2"
+PACKAGE = Path(__file__).resolve().parents[1] / "cxr_nodule_aug"
+
+
+def _sha256_files(paths: list[Path], root: Path) -> str:
+    """SHA-256 over the files' paths (relative to ``root``) and bytes, in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(paths):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        h.update(f.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def path_hash(path: Path) -> str:
+    """SHA-256 of a file, or of every file under a directory (a saved model: weights, config)."""
+    path = Path(path)
+    if path.is_dir():
+        return _sha256_files([f for f in path.rglob("*") if f.is_file()], path)
+    if path.is_file():
+        return _sha256_files([path], path.parent)
+    raise FileNotFoundError(f"{path} does not exist")
+
+
+def data_hash(data: Path) -> str:
+    """SHA-256 of a SimCXR export's ``manifest.json`` and of its file listing (relative path and
+    size of every file): a different, regenerated-differently or still-growing export differs."""
+    data = Path(data)
+    manifest = data / "manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"--data {data}: no manifest.json (not a SimCXR export)")
+    h = hashlib.sha256(manifest.read_bytes())
+    for f in sorted(f for f in data.rglob("*") if f.is_file() and f != manifest):
+        h.update(f"{f.relative_to(data)}\0{f.stat().st_size}\0".encode())
+    return h.hexdigest()
+
+
+def code_hash(package: Path = PACKAGE) -> str:
+    """SHA-256 of the code the crops run through: this script and every module of the library."""
+    files = [f for f in package.rglob("*.py") if "__pycache__" not in f.parts]
+    return hashlib.sha256((_sha256_files(files, package.parent) + _sha256_files([Path(__file__).resolve()], Path(__file__).resolve().parent)).encode()).hexdigest()
+
+
+def crops_provenance(data: Path, model_paths: dict[str, Path], crop_px: int, limit: int | None) -> dict[str, str]:
+    """What a crops cache depends on: the data, each method's weights (the paste-and-blend row:
+    its training pairs), the code, and the collection settings; every value a string."""
+    from cxr_nodule_aug import __version__
+
+    prov = {"format": CROPS_FORMAT, "data": data_hash(data), "code": code_hash(), "library_version": __version__,
+            "crop": str(crop_px), "limit_images": str(limit)}
+    prov.update({f"model:{name}": path_hash(path) for name, path in sorted(model_paths.items())})
+    return prov
+
+
+def save_crops(path: Path, crops: dict, provenance: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": CROPS_FORMAT, "provenance": provenance, "crops": crops}, tmp)
+    tmp.replace(path)
+
+
+def load_crops(path: Path, provenance: dict[str, str]) -> dict:
+    """The crops cached at ``path`` if they were produced by exactly ``provenance``; otherwise a
+    ``ValueError`` naming what differs (a stale cache would silently give wrong numbers)."""
+    saved = torch.load(path, weights_only=True)
+    if not isinstance(saved, dict) or saved.get("format") != CROPS_FORMAT or "provenance" not in saved:
+        raise ValueError(f"--crops {path}: written without a record of what produced it (an older version of this script); "
+                         "delete it or pass another path to recollect the crops")
+    old = saved["provenance"]
+    differ = sorted(k for k in set(old) | set(provenance) if old.get(k) != provenance.get(k))
+    if differ:
+        detail = "; ".join(f"{k}: cache {str(old.get(k))[:12]} vs now {str(provenance.get(k))[:12]}" for k in differ)
+        raise ValueError(f"--crops {path} is stale: produced by different {', '.join(differ)} ({detail}); "
+                         "delete it or pass another path to recollect the crops")
+    return saved["crops"]
+
+
 # -- main ------------------------------------------------------------------------------------------------
 def paste_blend_model(train_pairs: Path) -> tuple[torch.nn.Module, float]:
     pairs = torch.load(train_pairs, weights_only=True)
@@ -384,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-real", action="store_true", help="skip the real radiograph (trials)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS / "realism")
-    p.add_argument("--crops", type=Path, default=None, help=".pt cache of the collected crops: read if it exists (same models and data!), else written")
+    p.add_argument("--crops", type=Path, default=None,
+                   help=".pt cache of the collected crops: written with hashes of the data, weights and code; read if it exists and they match, else exit 2 naming what differs")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -392,22 +472,30 @@ def main(argv: list[str] | None = None) -> int:
     pb, strength = paste_blend_model(args.train_pairs)
     models["paste_blend"] = pb
     notes = {"paste_blend_strength": strength}
+    model_paths = {"additive": args.additive, "replace": args.replace, "paste_blend": args.train_pairs}
     if args.partial_conv is not None:
         models["partial_conv"] = load_model(args.partial_conv)
+        model_paths["partial_conv"] = args.partial_conv
     else:
         notes["partial_conv"] = "not run: no trained partial-conv weights are shipped (pass --partial-conv DIR)"
     for m in models.values():
         m.eval()
     names = list(models)
     print("collecting nodules", file=sys.stderr)
+    provenance = crops_provenance(args.data, model_paths, args.crop, args.limit_images) if args.crops is not None else None
     if args.crops is not None and args.crops.exists():
-        crops = torch.load(args.crops, weights_only=True)
+        try:
+            crops = load_crops(args.crops, provenance)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         notes["crops"] = (f"the SimCXR crops (paired metrics, FID, two-sample test, density control) were read from the cache {args.crops}, "
-                          "collected by an earlier run of this script: valid only for the same models and data; the real radiograph is recomputed")
+                          "collected by an earlier run of this script with the same data, weights, code and settings (checked by hash); "
+                          "the real radiograph is recomputed")
     else:
         crops = collect(args.data, models, args.crop, args.limit_images, models["additive"])
         if args.crops is not None:
-            torch.save(crops, args.crops)
+            save_crops(args.crops, crops, provenance)
     result: dict = {"command": "python benchmarks/realism.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
                     "data": str(args.data), "folds": args.folds, "nodules": int(len(crops["image"])), "images": int(len(set(crops["image"].tolist()))),
                     "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread, shared 2-core CPU", "notes": notes, "methods": {}}

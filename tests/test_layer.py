@@ -312,6 +312,49 @@ def test_realism_benchmark_reports_fid_on_lite0_features():
     assert replace_row.rstrip(" |").endswith("0.06")
 
 
+def test_realism_crops_cache_refuses_a_mismatch(tmp_path):
+    """benchmarks/realism.py --crops: the cache records hashes of the data, each method's weights,
+    the code and the settings that produced it, is read back when they match, and a stale cache
+    (other weights, another export, other settings, or an old cache without the record) is
+    refused with an error naming what differs, instead of silently giving wrong numbers."""
+    realism = _realism()
+    data = tmp_path / "export"
+    (data / "images").mkdir(parents=True)
+    (data / "manifest.json").write_text('{"seed": 12}')
+    (data / "images" / "0.png").write_bytes(b"x" * 10)
+    model = tmp_path / "layer"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights-1")
+    pairs = tmp_path / "pairs.pt"
+    pairs.write_bytes(b"pairs")
+    paths = {"additive": model, "paste_blend": pairs}
+    crops = {"reference": torch.rand(3, 1, 8, 8), "image": torch.tensor([0, 0, 1])}
+    cache = tmp_path / "crops.pt"
+    realism.save_crops(cache, crops, realism.crops_provenance(data, paths, 48, None))
+    back = realism.load_crops(cache, realism.crops_provenance(data, paths, 48, None))
+    assert torch.equal(back["reference"], crops["reference"]) and torch.equal(back["image"], crops["image"])
+
+    (model / "model.safetensors").write_bytes(b"weights-2")  # retrained weights, same path
+    with pytest.raises(ValueError, match=r"stale.*model:additive"):
+        realism.load_crops(cache, realism.crops_provenance(data, paths, 48, None))
+    (model / "model.safetensors").write_bytes(b"weights-1")
+    (data / "images" / "1.png").write_bytes(b"y")  # another (or a grown) export
+    with pytest.raises(ValueError, match=r"stale.*\bdata\b"):
+        realism.load_crops(cache, realism.crops_provenance(data, paths, 48, None))
+    (data / "images" / "1.png").unlink()
+    with pytest.raises(ValueError, match=r"stale.*\bcrop\b"):
+        realism.load_crops(cache, realism.crops_provenance(data, paths, 64, None))
+    with pytest.raises(ValueError, match=r"model:partial_conv"):  # a method added since
+        realism.load_crops(cache, realism.crops_provenance(data, {**paths, "partial_conv": model}, 48, None))
+    assert realism.load_crops(cache, realism.crops_provenance(data, paths, 48, None))["image"].tolist() == [0, 0, 1]
+    old = tmp_path / "old.pt"
+    torch.save(crops, old)  # what the script wrote before it recorded provenance
+    with pytest.raises(ValueError, match="without a record"):
+        realism.load_crops(old, realism.crops_provenance(data, paths, 48, None))
+    assert len(realism.code_hash()) == 64
+
+
 def test_additive_is_the_default_composition_and_an_inpainter_implies_replace(tmp_path):
     """Issue 13 item 4: the additive mode is what a user gets without naming one; the paper's
     replace mode stays selectable, and a given inpainter (which can only replace) selects it."""
