@@ -35,8 +35,16 @@ Measured:
    on every benchmark nodule (and the SimCXR reference layer per true class);
 5. a figure: the same nodules under every method.
 
-    python benchmarks/realism.py --data /work/data/additive/test512 --train-pairs /work/data/additive/train_pairs32.pt \\
-        --additive weights/layer --replace weights/texture
+    cxr-nodule-aug sim --nodule 1200 --seed 11 --lidc-split train --size 512 --workers 1 --out data/lidc_train512
+    cxr-nodule-aug sim --nodule 200 --seed 12 --lidc-split test --size 512 --workers 1 --out data/lidc_test512
+    # paste-and-blend's residual bank: the layer trainer's cut of the *training* export
+    python -c "import torch; from cxr_nodule_aug.train.layer import load_layer_pairs as f; \\
+        torch.save(f('data/lidc_train512', 32, 0.5, jitter=0.125, seed=0), 'data/lidc_train512_layer_pairs32.pt')"
+    # the Syn&Select row: a PartialConvUNet trained on the training export (none is shipped)
+    cxr-nodule-aug train texture --config texture-cpu data=data/lidc_train512 out=runs/pconv_lidc steps=5000 \\
+        generator=partial_conv num_stages=1 base_width=32
+    python benchmarks/realism.py --data data/lidc_test512 --train-pairs data/lidc_train512_layer_pairs32.pt \\
+        --additive weights/layer --replace weights/texture --partial-conv runs/pconv_lidc/model
 
 writes ``benchmarks/results/realism.json``, ``realism.md`` and ``realism.png``.
 """
@@ -440,6 +448,17 @@ def load_crops(path: Path, provenance: dict[str, str]) -> dict:
 
 
 # -- main ------------------------------------------------------------------------------------------------
+def model_metadata(path: Path) -> dict:
+    """What a saved model's ``config.json`` says trained it (its ``metadata``: data, steps...);
+    for a file (the paste-and-blend pairs) nothing but its path."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return {}
+    saved = json.loads(config.read_text())
+    meta = saved.get("metadata", {})
+    return {"model_type": saved.get("model_type"), **{k: meta[k] for k in ("data", "trained_steps", "train_pairs") if k in meta}}
+
+
 def paste_blend_model(train_pairs: Path) -> tuple[torch.nn.Module, float]:
     pairs = torch.load(train_pairs, weights_only=True)
     strength = contrast_ratio(pairs["nodule"].float(), pairs["context"].float(), pairs["mask"].float())
@@ -480,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         notes["partial_conv"] = "not run: no trained partial-conv weights are shipped (pass --partial-conv DIR)"
     for m in models.values():
         m.eval()
+    notes["weights"] = {n: {"path": str(path), **model_metadata(path)} for n, path in model_paths.items()}
     names = list(models)
     print("collecting nodules", file=sys.stderr)
     provenance = crops_provenance(args.data, model_paths, args.crop, args.limit_images) if args.crops is not None else None
