@@ -594,7 +594,11 @@ def markdown(r: dict, names: list[str]) -> str:
               "| nodules (true class) | " + " | ".join(str(d["nodules_by_true_class"][c]) for c in DENSITY_CLASSES) + " |", "",
               f"Ordered ground-glass < part-solid < solid < calcified: {d['ordered']} (per nodule: {d['share_of_nodules_ordered']:.2f}).", ""]
     for k, v in r["notes"].items():
-        lines.append(f"- {k}: {v}")
+        if isinstance(v, dict):  # e.g. the weights of each method: one line each
+            lines.append(f"- {k}:")
+            lines += [f"  - {n}: " + (", ".join(f"{a}={b}" for a, b in w.items()) if isinstance(w, dict) else str(w)) for n, w in v.items()]
+        else:
+            lines.append(f"- {k}: {v}")
     return "\n".join(lines) + "\n"
 
 
