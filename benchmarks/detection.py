@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", choices=("fasterrcnn", "retinanet"), default="fasterrcnn", help="detector (default fasterrcnn)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--weights", default=None, help="shape/texture weights for our synthesis (default: the shipped ones); pin them for a run that spans a weights update")
+    parser.add_argument("--weights", default=None, help="weights folder for our synthesis: its shape/ and layer/ models (NoduleInpaint's additive default; default: the shipped ones); pin them for a run that spans a weights update")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     for name in ("cxr_nodule_aug.train.common", "cxr_nodule_aug.train.detector"):

@@ -33,6 +33,9 @@ class NoduleRecord:
         density: the density class an additive (layer) model inserted it with, one of
             ``cxr_nodule_aug.models.layer.DENSITY_CLASSES`` (``None``: an inpainter, which
             takes none; an additive replay of a record without one uses ``"solid"``).
+        composition: the composition mode that inserted it (``"replace"``, ``"additive"``;
+            ``None`` for a hand-made record). ``InsertNodules`` replays a record only in its own
+            mode: it picks that mode when none is named and refuses another one.
         attributes: the row the diameter sampler drew, for samplers that draw whole rows
             (``diameters="lidc"``: the LIDC-IDRI nodule id, split and ratings;
             :class:`~cxr_nodule_aug.HEMSampler`: every mined column); ``None`` otherwise.
@@ -48,11 +51,14 @@ class NoduleRecord:
     box_xyxy: tuple[float, float, float, float] | None = None
     measured_diameter_px: float | None = None
     density: str | None = None
+    composition: str | None = None
     attributes: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.density is not None and self.density not in _DENSITY_CLASSES:
             raise ValueError(f"density must be one of {_DENSITY_CLASSES} or None, got {self.density!r}")
+        if self.composition is not None and not isinstance(self.composition, str):
+            raise TypeError(f"composition must be a composition mode's name or None, got {type(self.composition).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

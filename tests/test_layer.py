@@ -388,3 +388,33 @@ def test_default_density_follows_the_lidc_frequencies():
     ).fetchall()
     con.close()
     assert dict(rows) == LIDC_DENSITY_FREQUENCIES
+
+
+def test_records_replay_in_their_own_composition_mode():
+    """A record names the mode that inserted it. ``InsertNodules(records)`` with no mode named
+    replays replace-mode records with the replace mode (before, the additive default silently
+    inserted a different, solid-layer nodule); a clashing mode, or records of two modes, are
+    refused; hand-made records (no mode) take the default."""
+    shape = EllipseShapeGenerator().eval()
+    image = make_image(torch.uint16, size=128, seed=3)
+    paper = NoduleInpaint(12.0, p=1.0, shape_model=shape, lung_model=False, composition="replace", generator=torch.Generator().manual_seed(4))
+    out, target = paper(image, make_target(size=128, masks=True))
+    (rec,) = target["nodules"]
+    assert rec.composition == "replace" and rec.density is None
+    assert NoduleRecord.from_dict(rec.to_dict()) == rec
+    replay = InsertNodules([rec.to_dict()], shape_model=shape)  # shipped weights, no mode named
+    assert replay.synthesizer.composition == "replace"
+    assert torch.equal(replay(image, make_target(size=128, masks=True))[0], out)
+    with pytest.raises(ValueError, match=r"records\[0\] were made by composition='replace', composition= is 'additive'"):
+        InsertNodules([rec], shape_model=shape, composition="additive")
+    with pytest.raises(ValueError, match="the given synthesizer's is 'additive'"):
+        InsertNodules([rec], synthesizer=NoduleSynthesizer.from_pretrained(shape_model=shape, lung_model=False))
+    additive_rec = NoduleRecord(center_xy=(30, 64), diameter_px=12.0, seed=2, density="solid", composition="additive")
+    with pytest.raises(ValueError, match=r"records mix composition modes \(records\[1\]: 'additive', records\[0\]: 'replace'\)"):
+        InsertNodules([rec, additive_rec], shape_model=shape)
+    # Hand-made records carry no mode: the default (additive) or the one named; the replay stamps it.
+    hand = NoduleRecord(center_xy=(60, 64), diameter_px=12.0, seed=1)
+    assert InsertNodules([hand], shape_model=shape).records[0].composition == "additive"
+    assert InsertNodules([hand], shape_model=shape, composition="replace").records[0].composition == "replace"
+    with pytest.raises(TypeError, match="composition must be a composition mode's name"):
+        NoduleRecord(center_xy=(1, 1), diameter_px=5.0, seed=0, composition=1)

@@ -14,8 +14,8 @@ and writes, to ``--out``::
                              Node21Dataset carries no spacing, so it is kept here
     records.jsonl            one line per inserted nodule: img_name, source_id, source_index,
                              source_image ("image" or "image_nodule_free") and the NoduleRecord
-                             (``record``), which ``InsertNodules([record], composition=...)``
-                             (the manifest's ``composition``) replays on the source
+                             (``record``, naming its composition mode), which
+                             ``InsertNodules([record])`` replays on the source
     manifest.json            the arguments, the library version, the count, "complete"
 
 ``Node21Dataset(out)`` reads it, and ``cxr-nodule-aug train detector ... synth=node21:OUT``

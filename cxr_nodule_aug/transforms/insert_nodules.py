@@ -25,12 +25,15 @@ class InsertNodules(NoduleTransformBase):
     masks and records are appended to the target as ``NoduleInpaint`` does. Pass the same
     ``compile_texture`` as the transform that made the records for a bit-exact replay.
 
-    A replay needs the composition mode that made the records (``composition=``, default
-    ``"additive"`` like ``NoduleInpaint``'s, or a shared ``synthesizer``): records made with
-    ``composition="replace"`` replay with ``InsertNodules(records, composition="replace")``.
-    In the additive mode a record's ``density`` is the layer model's condition (``"solid"``
-    where it is ``None``, e.g. a hand-made record); records carrying a density were made by
-    the additive mode, and replaying them with ``"replace"`` is refused.
+    A replay uses the composition mode that made the records: each record names it
+    (``NoduleRecord.composition``), and with ``composition=None`` (and no ``synthesizer``) the
+    records' own mode is used, so ``InsertNodules(out["nodules"])`` replays records of either
+    mode. Hand-made records (``composition=None``) take ``composition=`` or the default,
+    ``"additive"`` like ``NoduleInpaint``'s. Records of two modes in one call, a record
+    whose mode differs from ``composition=`` or from the shared ``synthesizer``'s, and records
+    carrying a density (the additive mode's condition) replayed with ``"replace"`` are refused:
+    any of them would insert a nodule other than the recorded one. In the additive mode a
+    record's ``density`` is the layer model's condition (``"solid"`` where it is ``None``).
 
     Records the input target already lists under ``nodules`` are in its pixels already and are
     not inserted again: ``out["nodules"]`` holds the input's earlier records followed by the new
@@ -68,10 +71,25 @@ class InsertNodules(NoduleTransformBase):
             if not r.diameter_px > 0:
                 raise ValueError(f"records[{i}].diameter_px must be positive, got {r.diameter_px}")
             parsed.append(r.replace(box_xyxy=None, measured_diameter_px=None))
+        modes = sorted({r.composition for r in parsed if r.composition is not None})
+        if len(modes) > 1:
+            first = {m: next(i for i, r in enumerate(parsed) if r.composition == m) for m in modes}
+            raise ValueError(f"records mix composition modes ({', '.join(f'records[{i}]: {m!r}' for m, i in first.items())}): "
+                             "replay each mode's records with its own InsertNodules")
+        if modes and composition is None and synthesizer is None:
+            composition = modes[0]  # the records' own mode
         # A replay needs no lung model: none is loaded (a given synthesizer may hold one, unused).
         synthesizer = build_synthesizer(synthesizer, weights=weights, shape_model=shape_model, texture_model=texture_model,
                                         lung_model=False if synthesizer is None else None,
                                         device=device, compile_texture=compile_texture, composition=composition)
+        other = [i for i, r in enumerate(parsed) if r.composition not in (None, synthesizer.composition)]
+        if other:
+            source = "the given synthesizer's" if composition is None else "composition="
+            raise ValueError(
+                f"records{other} were made by composition={parsed[other[0]].composition!r}, {source} is {synthesizer.composition!r}: "
+                f"replaying them there would insert other nodules; pass composition={parsed[other[0]].composition!r} "
+                "(or composition=None to use the records' own mode)"
+            )
         if synthesizer.composition == "replace":
             dense = [i for i, r in enumerate(parsed) if r.density is not None]
             if dense:
@@ -80,7 +98,7 @@ class InsertNodules(NoduleTransformBase):
                     "this replay's composition is 'replace'; replay them with composition='additive' (the default)"
                 )
         super().__init__(synthesizer=synthesizer, **keys)
-        self.records = parsed
+        self.records = [r.replace(composition=synthesizer.composition) for r in parsed]
 
     def extra_repr(self) -> str:
         return f"{len(self.records)} records"

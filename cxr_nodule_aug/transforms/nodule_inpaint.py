@@ -228,6 +228,7 @@ class NoduleInpaint(NoduleTransformBase):
                 label=self.label,
                 diameter_mm=None if mm_per_px is None else round(d * mm_per_px, 4),
                 density=dn,
+                composition=self.synthesizer.composition,
                 attributes=None if attributes is None else attributes[i],
             )
             for i, (c, d, s, k, dn) in enumerate(zip(centres, diameters_px, seeds, contrasts.tolist(), densities))
