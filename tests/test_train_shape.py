@@ -253,6 +253,15 @@ def test_fine_tune_from_init_with_d_warmup_and_snapshots(tmp_path):
     assert json.loads((out / "model" / "config.json").read_text())["metadata"]["init"] == str(first / "model")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "loss_g" not in rows[0] and "loss_g" in rows[2]
+    # stopped after the warm-up and resumed == straight through (the networks are made after seeding)
+    opts = [f"init={first / 'model'}", "d_warmup_steps=1", "d_warmup_lr=1e-3", "d_norm=spectral", "ema_decay=0.9"]
+    assert main(["train", "shape", f"data={data}", f"out={tmp_path / 'straight'}", "steps=3", *TINY, *opts]) == 0
+    assert main(["train", "shape", f"data={data}", f"out={tmp_path / 'resumed'}", "steps=2", *TINY, *opts]) == 0
+    assert main(["train", "shape", f"data={data}", f"out={tmp_path / 'resumed'}", "steps=3", *TINY, *opts]) == 0
+    straight, resumed = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True) for r in ("straight", "resumed"))
+    for net, state in straight["modules"].items():
+        for name, value in state.items():
+            assert torch.equal(value, resumed["modules"][net][name]), f"{net}.{name}"
 
 
 @pytest.mark.parametrize("bad", ["init=NOPE", "d_warmup_steps=5", "snapshot_every=-1", "d_warmup_lr=-1", "init=WIDE"])

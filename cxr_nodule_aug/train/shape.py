@@ -321,8 +321,8 @@ def recalibrate_batchnorm(model: ShapeGenerator, seed: int = 0, batches: int = R
     return out.eval()
 
 
-def load_init(cfg: ShapeConfig, G: ShapeGenerator) -> None:
-    """Load ``cfg.init``'s generator weights into ``G``; refuse a different architecture, naming ``init``."""
+def load_init(cfg: ShapeConfig) -> dict[str, torch.Tensor]:
+    """``cfg.init``'s generator weights (a state dict); refuse a different architecture, naming ``init``."""
     from cxr_nodule_aug.hub import WeightsError
 
     try:
@@ -333,7 +333,7 @@ def load_init(cfg: ShapeConfig, G: ShapeGenerator) -> None:
     theirs = {k: src.config[k] for k in mine}
     if theirs != mine:
         raise ValueError(f"init={cfg.init!r}: the model has {theirs}, the config {mine}")
-    G.load_state_dict(src.state_dict())
+    return src.state_dict()
 
 
 def train(cfg: ShapeConfig) -> Path:
@@ -342,13 +342,14 @@ def train(cfg: ShapeConfig) -> Path:
     if root.is_dir():  # refuse a folder that is not masks before the run folder is made
         check_mask_files(root, sorted(root.rglob(pattern)))
     check_stabilisers(cfg)  # before the run folder is made
-    G = ShapeGenerator(cfg.latent_dim, cfg.base_width, cfg.image_size, cfg.smooth)
-    if cfg.init:
-        load_init(cfg, G)  # a bad init= fails before the run folder is made
-    d, out = common.start_run(cfg)
+    init = load_init(cfg) if cfg.init else None  # a bad init= fails before the run folder is made
+    d, out = common.start_run(cfg)  # seeds everything: the networks are made after it
 
     data = open_shape_data(cfg)
     loader = common.make_loader(cfg, data, d)
+    G = ShapeGenerator(cfg.latent_dim, cfg.base_width, cfg.image_size, cfg.smooth)
+    if init is not None:
+        G.load_state_dict(init)
     G = G.to(d.device)
     D = ShapeDiscriminator(cfg.d_width, cfg.image_size, cfg.d_norm).to(d.device)
     G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None
