@@ -1,7 +1,7 @@
 """Same records, same pixels: the shipped replace-mode pipeline, pinned bit for bit on the CPU.
 
 The outputs were regenerated with ``scripts/pin_replay.py`` when the shipped shape model became
-the LIDC-IDRI-trained one (branch shapes; a new shape model legitimately changes every nodule);
+the fine-tuned LIDC-IDRI-trained one (branch shape; a new shape model legitimately changes every nodule);
 any refactor of the insertion pipeline must leave them unchanged.
 
 Floating-point results differ between CPU families (the convolutions take other vector paths),
@@ -35,11 +35,11 @@ RECORDS = [
     NoduleRecord(center_xy=(700, 1300), diameter_px=18.25, seed=333, contrast=1.5),
     NoduleRecord(center_xy=(1250, 600), diameter_px=160.0, seed=4444),  # resampled region
 ]
-BOXES = [[576.0, 883.0, 624.0, 917.0], [1251.0, 955.0, 1349.0, 1046.0], [689.0, 1292.0, 711.0, 1309.0], [1162.0, 523.0, 1338.0, 678.0]]
+BOXES = [[577.0, 883.0, 624.0, 917.0], [1252.0, 955.0, 1349.0, 1046.0], [690.0, 1291.0, 711.0, 1309.0], [1161.0, 524.0, 1339.0, 677.0]]
 HASHES = {
-    "uint16": {"cda5286d2d730aa19e9337c7bda3e7a488f49d92ce91d5181ed0a6cce0196258"},
-    "uint8": {"a3cba10c2a55bfb5d97784676abd6df6bac4a98fd97e99c08eaffbf882c034ee"},
-    "float32": {"401c90d3c373e5cc7f4a35b8625ba307c4281f8a1b4597a5db2a77c3198cb883"},
+    "uint16": {"8415ecc2bd3fcfa6632b7465af97357e1b5968288e61310e636e0967765a3750"},
+    "uint8": {"7b0788c8fc2b5b84796e4ab0f06d99926c3d5b672544589bcbf16e9ebd1843cb"},
+    "float32": {"cba6daaefb946606418efcb8dd1623d2cf406435c7e5178b9f2a9ad345389924"},
 }
 CROPS = Path(__file__).parent / "fixtures" / "pinned_replay_rg1.npz"  # output - input per box
 STEP = {"uint16": 1, "uint8": 1, "float32": 1 / 32767}  # one grey level of the source data

@@ -159,7 +159,7 @@ def test_labelled_mask_files_hold_one_nodule_per_value(tmp_path):
 def test_stabilisers_train_and_save_the_ema_generator(tmp_path):
     """d_norm=spectral, ema_decay, real_label, d_blur_sigma: a run resumes with the EMA in the
     checkpoint, and the saved model is the EMA of G (not the last G)."""
-    from cxr_nodule_aug.train.shape import blur_for_discriminator, update_ema
+    from cxr_nodule_aug.train.shape import blur_for_discriminator, recalibrate_batchnorm, update_ema
 
     data = write_masks(tmp_path / "masks")
     out = tmp_path / "run"
@@ -170,7 +170,14 @@ def test_stabilisers_train_and_save_the_ema_generator(tmp_path):
     assert state["step"] == 3 and set(state["modules"]) == {"G", "D", "G_ema"}
     saved = ShapeGenerator.from_pretrained(out / "model").state_dict()
     for k, v in state["modules"]["G_ema"].items():
-        torch.testing.assert_close(saved[k], v)
+        if "running" not in k and "num_batches" not in k:  # the weights are the EMA's ...
+            torch.testing.assert_close(saved[k], v)
+    # ... the BatchNorm statistics those of the EMA's own weights, not the training G's
+    ema = ShapeGenerator(100, 16, 32, 3)
+    ema.load_state_dict(state["modules"]["G_ema"])
+    recal = recalibrate_batchnorm(ema, seed=0).state_dict()
+    for k in saved:
+        torch.testing.assert_close(saved[k], recal[k])
     assert any(not torch.equal(saved[k], v) for k, v in state["modules"]["G"].items() if v.is_floating_point())
     # the pieces
     a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
@@ -204,3 +211,68 @@ def test_augment_rot90_false_keeps_horizontal_edges_horizontal():
     for _ in range(20):
         out = data[0]
         assert out[0].sum(1).max() == 6  # still a row of 6 pixels
+
+
+def test_recalibrate_batchnorm_uses_the_models_own_statistics_and_leaves_it_alone():
+    """The EMA of G with G's running statistics normalises with other weights' statistics;
+    recalibrate_batchnorm recomputes them, exactly (cumulative average), on a copy."""
+    from cxr_nodule_aug.train.shape import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    g = ShapeGenerator(8, 16, 16, 1)
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    r = recalibrate_batchnorm(g, seed=3, batches=2, batch_size=5)
+    for k, v in g.state_dict().items():  # the model itself is untouched
+        assert torch.equal(v, before[k]), k
+    assert not r.training and r.net[1].momentum == g.net[1].momentum
+    # the first BatchNorm's running mean is the mean of its inputs over both batches
+    gen = torch.Generator().manual_seed(3)
+    z = torch.cat([torch.randn(5, 8, generator=gen) for _ in range(2)])
+    with torch.no_grad():
+        x = g.net[0](z[:, :, None, None])
+    torch.testing.assert_close(r.net[1].running_mean, x.mean((0, 2, 3)))
+    assert torch.equal(recalibrate_batchnorm(g, seed=3, batches=2, batch_size=5).state_dict()["net.1.running_var"],
+                       r.state_dict()["net.1.running_var"])  # reproducible from the seed
+
+
+def test_fine_tune_from_init_with_d_warmup_and_snapshots(tmp_path):
+    """init= starts G from saved weights; for d_warmup_steps only D trains (G stays the init
+    model exactly); snapshot_every saves the sampled model for selection."""
+    data = write_masks(tmp_path / "masks")
+    first = tmp_path / "first"
+    assert main(["train", "shape", f"data={data}", f"out={first}", "steps=1", *TINY]) == 0
+    init = ShapeGenerator.from_pretrained(first / "model").state_dict()
+    out = tmp_path / "ft"
+    opts = [f"init={first / 'model'}", "d_warmup_steps=2", "d_warmup_lr=1e-3", "snapshot_every=2", "d_norm=spectral"]
+    assert main(["train", "shape", f"data={data}", f"out={out}", "steps=3", *TINY, *opts]) == 0
+    warm = ShapeGenerator.from_pretrained(out / "snapshots" / "step000002").state_dict()
+    for k, v in init.items():
+        assert torch.equal(warm[k], v), k  # after the warm-up G is still the init model
+    last = ShapeGenerator.from_pretrained(out / "snapshots" / "step000003")
+    assert any(not torch.equal(last.state_dict()[k], v) for k, v in init.items() if v.is_floating_point())
+    assert json.loads((out / "model" / "config.json").read_text())["metadata"]["init"] == str(first / "model")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "loss_g" not in rows[0] and "loss_g" in rows[2]
+    # stopped after the warm-up and resumed == straight through (the networks are made after seeding)
+    opts = [f"init={first / 'model'}", "d_warmup_steps=1", "d_warmup_lr=1e-3", "d_norm=spectral", "ema_decay=0.9"]
+    assert main(["train", "shape", f"data={data}", f"out={tmp_path / 'straight'}", "steps=3", *TINY, *opts]) == 0
+    assert main(["train", "shape", f"data={data}", f"out={tmp_path / 'resumed'}", "steps=2", *TINY, *opts]) == 0
+    assert main(["train", "shape", f"data={data}", f"out={tmp_path / 'resumed'}", "steps=3", *TINY, *opts]) == 0
+    straight, resumed = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True) for r in ("straight", "resumed"))
+    for net, state in straight["modules"].items():
+        for name, value in state.items():
+            assert torch.equal(value, resumed["modules"][net][name]), f"{net}.{name}"
+
+
+@pytest.mark.parametrize("bad", ["init=NOPE", "d_warmup_steps=5", "snapshot_every=-1", "d_warmup_lr=-1", "init=WIDE"])
+def test_fine_tune_settings_are_checked(tmp_path, bad, capsys):
+    data = write_masks(tmp_path / "masks")
+    if bad == "init=WIDE":  # a model of another width
+        ShapeGenerator(100, 32, 32, 3).save_pretrained(tmp_path / "wide")
+        bad = f"init={tmp_path / 'wide'}"
+    elif bad == "init=NOPE":
+        bad = f"init={tmp_path / 'nope'}"
+    assert main(["train", "shape", f"data={data}", f"out={tmp_path / 'run'}", "steps=3", *TINY, bad]) in (1, 2)
+    err = capsys.readouterr().err
+    assert bad.split("=")[0] + "=" in err, err
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made

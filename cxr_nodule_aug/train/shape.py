@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from cxr_nodule_aug.functional.size import modulate_size
 from cxr_nodule_aug.models.shape import ShapeDiscriminator, ShapeGenerator, binarize_shapes
 from cxr_nodule_aug.train import common
+from cxr_nodule_aug.train.common import due
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,17 @@ class ShapeConfig(common.AdversarialConfig):
     # The generator's mean filter before its 0.5 threshold (ShapeGenerator's ``smooth``; saved
     # with the model): 3 = as before, 1 = none.
     smooth: int = 3
+    # Fine-tuning: ``init`` = a ShapeGenerator weights folder (save_pretrained / weights/shape)
+    # G starts from (same latent_dim, base_width, image_size); D starts fresh. For the first
+    # ``d_warmup_steps`` steps only D trains (G frozen, its fakes drawn in eval mode, so G is
+    # exactly the init model until then), at ``d_warmup_lr`` (0: ``d_lr``).
+    init: str = ""
+    d_warmup_steps: int = 0
+    d_warmup_lr: float = 0.0
+    # Every ``snapshot_every`` steps (0: never) the sampled model (G, or its EMA) is saved as
+    # ``<out>/snapshots/stepNNNNNN/`` (loadable with from_pretrained), for selection on held-out
+    # masks: ``checkpoint.pt`` keeps only the latest step.
+    snapshot_every: int = 0
 
     def check(self) -> None:
         super().check()
@@ -71,6 +83,10 @@ class ShapeConfig(common.AdversarialConfig):
             common.check_value(self, name, minimum=1)
         common.check_value(self, "norm_diameter_px", above=0)
         common.check_value(self, "lidc_min_diameter_mm", minimum=0)
+        for name in ("d_warmup_steps", "d_warmup_lr", "snapshot_every"):
+            common.check_value(self, name, minimum=0)
+        if self.d_warmup_steps >= self.steps:
+            raise ValueError(f"d_warmup_steps={self.d_warmup_steps}: expected fewer than steps={self.steps} (G would never train)")
 
 
 def read_masks(path: Path) -> list[torch.Tensor]:
@@ -271,11 +287,53 @@ def blur_for_discriminator(sigma: float):
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """``ema <- decay * ema + (1 - decay) * model`` for the weights; buffers (BatchNorm's
-    running statistics) copied."""
+    running statistics) copied. Those statistics are the training G's, not the averaged
+    weights': :func:`recalibrate_batchnorm` the EMA before it is sampled or saved."""
     for pe, p in zip(ema.parameters(), model.parameters()):
         pe.lerp_(p.detach(), 1.0 - decay)
     for be, b in zip(ema.buffers(), model.buffers()):
         be.copy_(b)
+
+
+RECALIBRATION_BATCHES = 64
+RECALIBRATION_BATCH_SIZE = 256
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: ShapeGenerator, seed: int = 0, batches: int = RECALIBRATION_BATCHES,
+                          batch_size: int = RECALIBRATION_BATCH_SIZE) -> ShapeGenerator:
+    """A copy of ``model`` (eval mode) whose BatchNorm running statistics are the exact
+    averages over ``batches`` batches of ``batch_size`` latents (seeded) through *its own*
+    weights. An EMA of G's weights with G's running statistics (what :func:`update_ema` keeps)
+    normalises with statistics of other weights; ``model`` itself is left as it is."""
+    out = copy.deepcopy(model)
+    bns = [m for m in out.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    out.train()
+    device = next(out.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        out(torch.randn(batch_size, out.latent_dim, generator=gen).to(device))
+    for m, orig in zip(bns, (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))):
+        m.momentum = orig.momentum
+    return out.eval()
+
+
+def load_init(cfg: ShapeConfig) -> dict[str, torch.Tensor]:
+    """``cfg.init``'s generator weights (a state dict); refuse a different architecture, naming ``init``."""
+    from cxr_nodule_aug.hub import WeightsError
+
+    try:
+        src = ShapeGenerator.from_pretrained(cfg.init)
+    except (OSError, ValueError, WeightsError) as err:
+        raise ValueError(f"init={cfg.init!r}: cannot load ShapeGenerator weights ({err})") from None
+    mine = {"latent_dim": cfg.latent_dim, "base_width": cfg.base_width, "image_size": cfg.image_size}
+    theirs = {k: src.config[k] for k in mine}
+    if theirs != mine:
+        raise ValueError(f"init={cfg.init!r}: the model has {theirs}, the config {mine}")
+    return src.state_dict()
 
 
 def train(cfg: ShapeConfig) -> Path:
@@ -284,29 +342,49 @@ def train(cfg: ShapeConfig) -> Path:
     if root.is_dir():  # refuse a folder that is not masks before the run folder is made
         check_mask_files(root, sorted(root.rglob(pattern)))
     check_stabilisers(cfg)  # before the run folder is made
-    d, out = common.start_run(cfg)
+    init = load_init(cfg) if cfg.init else None  # a bad init= fails before the run folder is made
+    d, out = common.start_run(cfg)  # seeds everything: the networks are made after it
 
     data = open_shape_data(cfg)
     loader = common.make_loader(cfg, data, d)
-    G = ShapeGenerator(cfg.latent_dim, cfg.base_width, cfg.image_size, cfg.smooth).to(d.device)
+    G = ShapeGenerator(cfg.latent_dim, cfg.base_width, cfg.image_size, cfg.smooth)
+    if init is not None:
+        G.load_state_dict(init)
+    G = G.to(d.device)
     D = ShapeDiscriminator(cfg.d_width, cfg.image_size, cfg.d_norm).to(d.device)
     G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None
     blur = blur_for_discriminator(cfg.d_blur_sigma)
     Gd, Dd = common.wrap_ddp(G, d), common.wrap_ddp(D, d)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas))
+    warmup_lr = cfg.d_warmup_lr or cfg.d_lr
+
+    def set_d_lr(n: int) -> None:  # from the step number, so a resume gets it right
+        for group in opt_d.param_groups:
+            group["lr"] = warmup_lr if n <= cfg.d_warmup_steps else cfg.d_lr
+
     fixed_z = torch.randn(32, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(d.device)
 
     def step(real: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
         real = real.to(d.device)
         z = torch.randn(real.shape[0], cfg.latent_dim, device=d.device)
-        fake = Gd(z)
+        warmup = n <= cfg.d_warmup_steps
+        set_d_lr(n)
+        if warmup:  # D only: G (weights and BatchNorm statistics) stays the init model
+            G.eval()
+            with torch.no_grad():
+                fake = G(z)
+            G.train()
+        else:
+            fake = Gd(z)
         # Real and fake in separate batches: with BatchNorm in D, a mixed batch would let D
         # judge by batch statistics that the generator step (fake only) never shows it.
         loss_d = lsgan_d_loss(Dd(blur(real)), Dd(blur(fake.detach())), cfg.real_label)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
+        if warmup:
+            return {"loss_d": loss_d, "fake_fill": (fake > 0.5).float().mean(), "real_fill": real.mean()}
         loss_g = common.lsgan_g_loss(Dd(blur(fake)))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -315,16 +393,31 @@ def train(cfg: ShapeConfig) -> Path:
             update_ema(G_ema, G, cfg.ema_decay)
         return {"loss_g": loss_g, "loss_d": loss_d, "fake_fill": (fake.detach() > 0.5).float().mean(), "real_fill": real.mean()}
 
-    sampled = G_ema if G_ema is not None else G  # what is sampled and saved
+    def sampled() -> ShapeGenerator:
+        """What is sampled and saved: G, or its EMA with BatchNorm statistics of its own weights."""
+        return recalibrate_batchnorm(G_ema, cfg.seed) if G_ema is not None else G
+
+    def save_sampled(folder: Path, n: int) -> None:
+        with common.rng_preserved():  # a snapshot does not change the run's random draws
+            model = sampled()
+            was_training = model.training
+            model.eval().save_pretrained(folder, metadata={"trained_steps": n, "data": str(cfg.data), "num_masks": len(data),
+                                                           **({"init": cfg.init} if cfg.init else {})})
+            model.train(was_training)
 
     def samples(_batch) -> tuple[torch.Tensor, int]:
-        return binarize_shapes(sampled(fixed_z)[:, 0], sampled.smooth)[:, None].float(), 8
+        model = sampled()
+        return binarize_shapes(model(fixed_z)[:, 0], model.smooth)[:, None].float(), 8
+
+    def step_and_snapshot(real: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+        values = step(real, n)
+        if d.is_main and due(n, cfg.snapshot_every, cfg.steps):
+            save_sampled(out / "snapshots" / f"step{n:06d}", n)
+        return values
 
     modules, optimizers = {"G": G, "D": D, **({"G_ema": G_ema} if G_ema is not None else {})}, {"G": opt_g, "D": opt_d}
-    last = common.train_loop(cfg, d, out, loader, step, modules=modules, optimizers=optimizers, samples=samples, name="shape", show=("loss_g", "loss_d"))
+    last = common.train_loop(cfg, d, out, loader, step_and_snapshot, modules=modules, optimizers=optimizers, samples=samples, name="shape", show=("loss_g", "loss_d"))
     if d.is_main:
-        G = sampled
-        G.eval()
-        G.save_pretrained(out / "model", metadata={"trained_steps": last, "data": str(cfg.data), "num_masks": len(data)})
+        save_sampled(out / "model", last)
     common.cleanup(d)
     return out / "model"
