@@ -71,7 +71,7 @@ from cxr_nodule_aug.eval.quality import FID_LABEL, Lite0PooledFeatures, fid, qua
 from cxr_nodule_aug.functional.insertion import cut_nodules, insert_nodules, nodule_footprints, place_nodules, region_side
 from cxr_nodule_aug.functional.intensity import to_working
 from cxr_nodule_aug.functional.size import equivalent_diameter
-from cxr_nodule_aug.hub import load_model
+from cxr_nodule_aug.hub import CONFIG_NAME, load_model, read_config
 from cxr_nodule_aug.models.layer import DENSITY_CLASSES, density_of_sim_nodule
 from cxr_nodule_aug.records import NoduleRecord
 from cxr_nodule_aug.synthesizer import composition_function
@@ -410,7 +410,7 @@ def data_hash(data: Path) -> str:
 def code_hash(package: Path = PACKAGE) -> str:
     """SHA-256 of the code the crops run through: this script and every module of the library."""
     files = [f for f in package.rglob("*.py") if "__pycache__" not in f.parts]
-    return hashlib.sha256((_sha256_files(files, package.parent) + _sha256_files([Path(__file__).resolve()], Path(__file__).resolve().parent)).encode()).hexdigest()
+    return _sha256_files([*files, Path(__file__).resolve()], package.parent)
 
 
 def crops_provenance(data: Path, model_paths: dict[str, Path], crop_px: int, limit: int | None) -> dict[str, str]:
@@ -451,10 +451,10 @@ def load_crops(path: Path, provenance: dict[str, str]) -> dict:
 def model_metadata(path: Path) -> dict:
     """What a saved model's ``config.json`` says trained it (its ``metadata``: data, steps...);
     for a file (the paste-and-blend pairs) nothing but its path."""
-    config = Path(path) / "config.json"
+    config = Path(path) / CONFIG_NAME
     if not config.is_file():
         return {}
-    saved = json.loads(config.read_text())
+    saved = read_config(config)
     meta = saved.get("metadata", {})
     return {"model_type": saved.get("model_type"), **{k: meta[k] for k in ("data", "trained_steps", "train_pairs") if k in meta}}
 

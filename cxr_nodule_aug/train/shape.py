@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,6 @@ from torch.utils.data import Dataset
 from cxr_nodule_aug.functional.size import modulate_size
 from cxr_nodule_aug.models.shape import ShapeDiscriminator, ShapeGenerator, binarize_shapes
 from cxr_nodule_aug.train import common
-from cxr_nodule_aug.train.common import due
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,10 @@ def train(cfg: ShapeConfig) -> Path:
 
     fixed_z = torch.randn(32, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(d.device)
 
+    last_step = {"n": 0}  # the latest optimiser step: the EMA changes only there
+
     def step(real: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+        last_step["n"] = n
         real = real.to(d.device)
         z = torch.randn(real.shape[0], cfg.latent_dim, device=d.device)
         warmup = n <= cfg.d_warmup_steps
@@ -393,9 +396,16 @@ def train(cfg: ShapeConfig) -> Path:
             update_ema(G_ema, G, cfg.ema_decay)
         return {"loss_g": loss_g, "loss_d": loss_d, "fake_fill": (fake.detach() > 0.5).float().mean(), "real_fill": real.mean()}
 
+    recalibrated: dict[str, Any] = {}
+
     def sampled() -> ShapeGenerator:
-        """What is sampled and saved: G, or its EMA with BatchNorm statistics of its own weights."""
-        return recalibrate_batchnorm(G_ema, cfg.seed) if G_ema is not None else G
+        """What is sampled and saved: G, or its EMA with BatchNorm statistics of its own weights
+        (recalibrated once per step, however many of samples / snapshot / final save ask)."""
+        if G_ema is None:
+            return G
+        if recalibrated.get("n") != last_step["n"]:
+            recalibrated.update(n=last_step["n"], model=recalibrate_batchnorm(G_ema, cfg.seed))
+        return recalibrated["model"]
 
     def save_sampled(folder: Path, n: int) -> None:
         with common.rng_preserved():  # a snapshot does not change the run's random draws
@@ -411,7 +421,7 @@ def train(cfg: ShapeConfig) -> Path:
 
     def step_and_snapshot(real: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
         values = step(real, n)
-        if d.is_main and due(n, cfg.snapshot_every, cfg.steps):
+        if d.is_main and common.due(n, cfg.snapshot_every, cfg.steps):
             save_sampled(out / "snapshots" / f"step{n:06d}", n)
         return values
 
